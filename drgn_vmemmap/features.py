@@ -1,0 +1,308 @@
+"""
+Features
+--------
+
+What a kernel has, detected from its debug info (never from its version):
+which self-hosted vmemmap markers exist, how ``page_type`` is encoded, how a
+memory block records its vmemmap pages, and the layout of ``struct page``.
+Results are cached per program under ``"drgn_vmemmap."`` keys.
+"""
+
+from typing import Dict, List, NamedTuple, Optional
+
+from drgn import FaultError, ObjectNotFoundError, Program, TypeKind, sizeof
+from drgn.helpers.common.prog import takes_program_or_default
+
+__all__ = (
+    "Features",
+    "PageLayout",
+    "PageTypes",
+    "SectionFlags",
+    "features",
+)
+
+
+class PageLayout(NamedTuple):
+    """Byte offsets in ``struct page`` of the fields the scanner decodes."""
+
+    size: int
+    flags: int
+    refcount: int
+    mapcount: int  # page_type shares this word
+    mapping: int
+    private: int
+    compound_head: int  # "compound_info" since 7.1; bit 0 set on tail pages
+    lru: int
+
+
+class PageTypes(NamedTuple):
+    """How ``page_type`` says a page has a type.
+
+    ``scheme`` is ``"pgty"`` (top byte, ``enum pagetype``'s ``PGTY_*``, Linux
+    6.12+) or ``"inverted"`` (a type's bit is *cleared* under ``base``; Linux
+    4.18-6.11).  ``types`` maps type names (``"buddy"``, ``"offline"``, ...) to
+    the top-byte value (pgty) or the bit (inverted).
+    """
+
+    scheme: str
+    base: int
+    types: Dict[str, int]
+    source: str
+
+
+class SectionFlags(NamedTuple):
+    """``mem_section::section_mem_map`` flag masks by name (without ``SECTION_``)."""
+
+    masks: Dict[str, int]
+    map_mask: int
+
+
+class Features(NamedTuple):
+    """Everything detected about a kernel.  See :func:`features`."""
+
+    #: Self-hosted markers the kernel has: any of ``"PG_vmemmap_self_hosted"``,
+    #: ``"SECTION_CANNOT_OPTIMIZE_VMEMMAP"``, ``"SECTION_USE_VMEMMAP"``,
+    #: ``"PGTY_vmemmap"`` (or a user-supplied vmemmap page type).
+    markers: List[str]
+    page_flags: Dict[str, int]  # PG_* bit numbers, from enum pageflags
+    page_types: PageTypes
+    section_flags: SectionFlags
+    #: ``"nr_vmemmap_pages"`` (5.13-6.5), ``"altmap"`` (6.6+) or ``"none"``.
+    block_accounting: str
+    #: Whether hot-plugged memmap is initialised PG_reserved (until 6.10) or
+    #: PageOffline, then cleared (6.11+).  Decides whether a self-hosted
+    #: vmemmap page is expected to carry PG_reserved.
+    vmemmap_reserved: bool
+    #: The ``memory_hotplug.memmap_on_memory`` setting ("Y", "N", "force"),
+    #: or None when it cannot be read.
+    memmap_on_memory: Optional[str]
+    layout: PageLayout
+    page_shift: int
+    section_size_bits: int
+    sections_per_block: int
+    #: ``HPG_vmemmap_optimized`` bit in a HugeTLB folio's ``private``, or None.
+    hpg_vmemmap_optimized: Optional[int]
+    vmemmap_base: int
+
+    @property
+    def pages_per_section(self) -> int:
+        return 1 << (self.section_size_bits - self.page_shift)
+
+    @property
+    def pages_per_block(self) -> int:
+        return self.pages_per_section * self.sections_per_block
+
+
+def _enumerators(prog: Program, type_name: str) -> Dict[str, int]:
+    try:
+        t = prog.type(type_name)
+    except LookupError:
+        return {}
+    return {e.name: e.value for e in (t.enumerators or ())}
+
+
+def _constant(prog: Program, name: str) -> Optional[int]:
+    try:
+        return prog.constant(name).value_()
+    except (LookupError, ValueError):
+        return None
+
+
+def _member_offset(prog: Program, type_name: str, *names: str) -> int:
+    from drgn import offsetof
+
+    t = prog.type(type_name)
+    for name in names:
+        try:
+            return offsetof(t, name)
+        except LookupError:
+            continue
+    return -1
+
+
+def _section_flags(prog: Program) -> SectionFlags:
+    # Since Linux kernel commit ed7802dd48f7 ("mm: memory_hotplug: enumerate
+    # all supported section flags") (in v6.0) the flags are an anonymous enum
+    # of *_BIT enumerators; before, macros that never moved.
+    try:
+        flags_type = prog["SECTION_MARKED_PRESENT_BIT"].type_
+    except (KeyError, LookupError):
+        masks = {"MARKED_PRESENT": 0x1, "HAS_MEM_MAP": 0x2, "IS_ONLINE": 0x4,
+                 "IS_EARLY": 0x8, "TAINT_ZONE_DEVICE": 0x10}
+        return SectionFlags(masks, ~0x1F & 0xFFFFFFFFFFFFFFFF)
+    masks = {}
+    map_mask = ~0x1F & 0xFFFFFFFFFFFFFFFF
+    for e in flags_type.enumerators:
+        if e.name == "SECTION_MAP_LAST_BIT":
+            map_mask = ~((1 << e.value) - 1) & 0xFFFFFFFFFFFFFFFF
+        elif e.name.startswith("SECTION_") and e.name.endswith("_BIT"):
+            masks[e.name[len("SECTION_"):-len("_BIT")]] = 1 << e.value
+    return SectionFlags(masks, map_mask)
+
+
+# Page types before they were an enum: include/linux/page-flags.h.  The
+# values under PAGE_TYPE_BASE 0xf0000000 never moved until 6.11.
+_OLD_PAGE_TYPES = {"buddy": 0x80, "offline": 0x100, "table": 0x200, "guard": 0x400}
+
+
+def _page_types(prog: Program, extra: Optional[Dict[str, int]]) -> PageTypes:
+    enum = _enumerators(prog, "enum pagetype")
+    pgty = {k[len("PGTY_"):]: v for k, v in enum.items() if k.startswith("PGTY_")}
+    if pgty:
+        # Linux kernel commit 4ffca5a96678 ("mm: support only one page_type
+        # per page") (in v6.12): the type is the top byte.
+        pgty.pop("mapcount_underflow", None)
+        types = dict(pgty)
+        types.update(extra or {})
+        return PageTypes("pgty", 0, types, "enum pagetype")
+    if enum:
+        # v6.10-v6.11: enum pagetype of PG_* bits and PAGE_TYPE_BASE.
+        base = enum.get("PAGE_TYPE_BASE", 0xF0000000)
+        types = {k[3:]: v for k, v in enum.items() if k.startswith("PG_")}
+        types.update(extra or {})
+        return PageTypes("inverted", base, types, "enum pagetype")
+    # Up to v6.9: macros.  Confirm the encoding through VMCOREINFO when
+    # possible (PAGE_BUDDY_MAPCOUNT_VALUE is ~PG_buddy).
+    types = dict(_OLD_PAGE_TYPES)
+    source = "macros (assumed)"
+    try:
+        info = prog["VMCOREINFO"].string_().decode()
+        for line in info.splitlines():
+            if line.startswith("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)="):
+                buddy = ~int(line.split("=", 1)[1]) & 0xFFFFFFFF
+                types["buddy"] = buddy
+                source = "macros (VMCOREINFO)"
+            elif line.startswith("NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)="):
+                types["offline"] = ~int(line.split("=", 1)[1]) & 0xFFFFFFFF
+            elif line.startswith("NUMBER(PAGE_HUGETLB_MAPCOUNT_VALUE)="):
+                types["hugetlb"] = ~int(line.split("=", 1)[1]) & 0xFFFFFFFF
+            elif line.startswith("NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)="):
+                types["slab"] = ~int(line.split("=", 1)[1]) & 0xFFFFFFFF
+    except (KeyError, LookupError, FaultError, UnicodeDecodeError):
+        pass
+    types.update(extra or {})
+    return PageTypes("inverted", 0xF0000000, types, source)
+
+
+def _memmap_on_memory(prog: Program) -> Optional[str]:
+    # 6.6+: static int memmap_mode with MEMMAP_ON_MEMORY_{DISABLE,ENABLE,FORCE}
+    # (Linux kernel commit 2d1f649c7c08 ("mm/memory_hotplug: support
+    # memmap_on_memory when memmap is not aligned to pageblocks") (in v6.6)).
+    # 5.13-6.5: static bool memmap_on_memory.
+    for name in ("memmap_mode", "memmap_on_memory"):
+        try:
+            obj = prog.object(name)
+        except LookupError:
+            continue
+        try:
+            if obj.type_.unaliased_kind() == TypeKind.FUNCTION:
+                continue
+            value = obj.value_()
+        except FaultError:
+            return None
+        if name == "memmap_mode":
+            return {0: "N", 1: "Y", 2: "force"}.get(value, str(value))
+        return "Y" if value else "N"
+    return None
+
+
+def _vmemmap_reserved(prog: Program, page_flags: Dict[str, int]) -> bool:
+    # Linux kernel commit a30341f4a3e8? no: 6.11 "mm/memory_hotplug: initialize
+    # memmap of !ZONE_DEVICE with PageOffline() instead of PageReserved()"
+    # added a "context" parameter to __free_pages_core() in the same series
+    # ("mm: pass meminit_context to __free_pages_core()").  Its presence is
+    # the debug-info witness of the new scheme.
+    try:
+        fn = prog.function("__free_pages_core")
+    except (LookupError, ValueError):
+        fn = None
+    if fn is not None:
+        try:
+            return len(fn.type.parameters) < 3
+        except AttributeError:
+            pass
+    try:
+        params = prog["__free_pages_core"].type_.parameters
+        return len(params) < 3
+    except (KeyError, LookupError, AttributeError):
+        pass
+    # No witness: assume the old behaviour only when PageOffline isn't a
+    # typed enumerator of the newer encodings.
+    return "offline" not in _enumerators(prog, "enum pagetype") and \
+        "PGTY_offline" not in _enumerators(prog, "enum pagetype")
+
+
+@takes_program_or_default
+def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features:
+    """
+    Detect (and cache) what this kernel has.
+
+    :param vmemmap_page_type: For kernels whose vmemmap page type exists only
+        as a macro (the 2019 ``PG_vmemmap`` proposal), its value: a ``PGTY_``
+        top byte on 6.12+ encodings, else the inverted bit.
+    """
+    key = f"drgn_vmemmap.features.{vmemmap_page_type}"
+    try:
+        return prog.cache[key]
+    except KeyError:
+        pass
+
+    pageflags = {k: v for k, v in _enumerators(prog, "enum pageflags").items()
+                 if k.startswith("PG_")}
+    extra = {"vmemmap": vmemmap_page_type} if vmemmap_page_type is not None else None
+    page_types = _page_types(prog, extra)
+    sflags = _section_flags(prog)
+
+    markers = []
+    if "PG_vmemmap_self_hosted" in pageflags:
+        # Linux kernel commit 66361095129b ("mm: memory_hotplug: make
+        # hugetlb_optimize_vmemmap compatible with memmap_on_memory") (in v6.0).
+        markers.append("PG_vmemmap_self_hosted")
+    for name in ("CANNOT_OPTIMIZE_VMEMMAP", "USE_VMEMMAP"):
+        if name in sflags.masks:
+            markers.append("SECTION_" + name)
+    if "vmemmap" in page_types.types:
+        markers.append("PGTY_vmemmap" if page_types.scheme == "pgty" else "PG_vmemmap")
+
+    mb = None
+    try:
+        mb = prog.type("struct memory_block")
+    except LookupError:
+        pass
+    if mb is not None and mb.has_member("altmap"):
+        accounting = "altmap"
+    elif mb is not None and mb.has_member("nr_vmemmap_pages"):
+        accounting = "nr_vmemmap_pages"
+    else:
+        accounting = "none"
+
+    page = prog.type("struct page")
+    layout = PageLayout(
+        size=sizeof(page),
+        flags=_member_offset(prog, "struct page", "flags"),
+        refcount=_member_offset(prog, "struct page", "_refcount"),
+        mapcount=_member_offset(prog, "struct page", "page_type", "_mapcount"),
+        mapping=_member_offset(prog, "struct page", "mapping"),
+        private=_member_offset(prog, "struct page", "private"),
+        compound_head=_member_offset(prog, "struct page", "compound_info", "compound_head"),
+        lru=_member_offset(prog, "struct page", "lru"),
+    )
+    hpg = _enumerators(prog, "enum hugetlb_page_flags").get("HPG_vmemmap_optimized")
+
+    result = Features(
+        markers=markers,
+        page_flags=pageflags,
+        page_types=page_types,
+        section_flags=sflags,
+        block_accounting=accounting,
+        vmemmap_reserved=_vmemmap_reserved(prog, pageflags),
+        memmap_on_memory=_memmap_on_memory(prog),
+        layout=layout,
+        page_shift=prog["PAGE_SHIFT"].value_(),
+        section_size_bits=prog["SECTION_SIZE_BITS"].value_(),
+        sections_per_block=prog["sections_per_block"].value_(),
+        hpg_vmemmap_optimized=hpg,
+        vmemmap_base=prog["vmemmap"].value_(),
+    )
+    prog.cache[key] = result
+    return result

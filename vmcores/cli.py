@@ -1,0 +1,40 @@
+"""``python -m vmcores``: build kernels and fixtures."""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    from . import kernel
+
+    p = argparse.ArgumentParser(prog="python -m vmcores", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("kernel", help="build a fixture kernel (cached)")
+    k.add_argument("key", choices=sorted(kernel.KERNELS))
+    k.add_argument("--commit", action="store_true",
+                   help="copy bzImage, config and vmlinux.xz into vmcores/kernels/KEY")
+    b = sub.add_parser("build", help="build one fixture: KERNEL SCENARIO")
+    b.add_argument("kernel")
+    b.add_argument("scenario")
+    b.add_argument("--out", help="output directory (default: vmcores/fixtures)")
+    sub.add_parser("list", help="list scenarios")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        from .scenarios import SCENARIOS
+        for name, sc in sorted(SCENARIOS.items()):
+            print(f"{name}: {sc.doc}")
+        return 0
+    if args.cmd == "build":
+        from pathlib import Path
+        from .fixture import build_fixture
+        kw = {"out_dir": Path(args.out)} if args.out else {}
+        print(build_fixture(args.kernel, args.scenario, **kw))
+        return 0
+    if args.cmd == "kernel":
+        out = kernel.commit_kernel(args.key) if args.commit else kernel.build_kernel(args.key)
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

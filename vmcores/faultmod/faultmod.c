@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * faultmod: corrupt one piece of memory-hotplug state, for drgn-vmemmap's
+ * fault fixtures.  Loaded with insmod, it performs one operation at init,
+ * prints "faultmod: {json}" with the old and new values, and stays loaded
+ * until rmmod.  The guest is dumped right after, so the kernel never gets a
+ * chance to trip over the corruption.
+ *
+ *   op=set_flag|clear_flag pfn=P count=C flag=owner_priv_1|reserved
+ *   op=page_ref pfn=P count=C value=DELTA         (page_ref_add)
+ *   op=hpg_optimized pfn=HEAD                     (set HPG_vmemmap_optimized)
+ *   op=section_clear section=S mask=M             (section_mem_map &= ~M)
+ *   op=section_set section=S mask=M               (section_mem_map |= M)
+ *   op=block_vmemmap block=B value=V              (nr_vmemmap_pages, or altmap->alloc)
+ *   op=block_altmap_free block=B value=V          (6.6+: altmap->free)
+ *   op=block_new_altmap block=B value=V           (give a block with none a record of V pages)
+ *
+ * memory_blocks is static in drivers/base/memory.c: the factory passes its
+ * address from System.map (the guest boots with nokaslr).
+ */
+#include <linux/module.h>
+#include <linux/mm.h>
+#include <linux/memory.h>
+#include <linux/mmzone.h>
+#include <linux/hugetlb.h>
+#include <linux/slab.h>
+#include <linux/version.h>
+#include <linux/xarray.h>
+#include <linux/memremap.h>
+
+static char *op = "";
+static unsigned long pfn, count = 1, section, mask, block, memory_blocks_addr;
+static long value;
+static char *flag = "owner_priv_1";
+module_param(op, charp, 0);
+module_param(pfn, ulong, 0);
+module_param(count, ulong, 0);
+module_param(section, ulong, 0);
+module_param(mask, ulong, 0);
+module_param(block, ulong, 0);
+module_param(memory_blocks_addr, ulong, 0);
+module_param(value, long, 0);
+module_param(flag, charp, 0);
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 18, 0)
+#define FLAGS_WORD(page) (&(page)->flags.f)
+#else
+#define FLAGS_WORD(page) (&(page)->flags)
+#endif
+
+static int flag_bit(void)
+{
+	if (!strcmp(flag, "owner_priv_1"))
+		return PG_owner_priv_1;
+	if (!strcmp(flag, "reserved"))
+		return PG_reserved;
+	return -1;
+}
+
+static struct memory_block *get_block(unsigned long id)
+{
+	if (!memory_blocks_addr)
+		return NULL;
+	return xa_load((struct xarray *)memory_blocks_addr, id);
+}
+
+static int __init faultmod_init(void)
+{
+	unsigned long i, old = 0, new = 0;
+
+	if (!strcmp(op, "set_flag") || !strcmp(op, "clear_flag")) {
+		int bit = flag_bit();
+		if (bit < 0)
+			return -EINVAL;
+		for (i = 0; i < count; i++) {
+			unsigned long *w = FLAGS_WORD(pfn_to_page(pfn + i));
+			if (i == 0)
+				old = *w;
+			if (op[0] == 's')
+				set_bit(bit, w);
+			else
+				clear_bit(bit, w);
+			if (i == 0)
+				new = *w;
+		}
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"count\": %lu, \"flag\": \"%s\", \"bit\": %d, \"old\": %lu, \"new\": %lu}\n",
+			op, pfn, count, flag, bit, old, new);
+	} else if (!strcmp(op, "page_ref")) {
+		for (i = 0; i < count; i++)
+			page_ref_add(pfn_to_page(pfn + i), value);
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"count\": %lu, \"delta\": %ld, \"new\": %d}\n",
+			op, pfn, count, value, page_ref_count(pfn_to_page(pfn)));
+	} else if (!strcmp(op, "hpg_optimized")) {
+		struct page *page = pfn_to_page(pfn);
+		old = page->private;
+		set_bit(HPG_vmemmap_optimized, &page->private);
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"bit\": %d, \"old\": %lu, \"new\": %lu}\n",
+			op, pfn, HPG_vmemmap_optimized, old, page->private);
+	} else if (!strcmp(op, "section_clear") || !strcmp(op, "section_set")) {
+		struct mem_section *ms = __nr_to_section(section);
+		old = ms->section_mem_map;
+		if (op[8] == 'c')
+			ms->section_mem_map &= ~mask;
+		else
+			ms->section_mem_map |= mask;
+		pr_info("faultmod: {\"op\": \"%s\", \"section\": %lu, \"mask\": %lu, \"old\": %lu, \"new\": %lu}\n",
+			op, section, mask, old, ms->section_mem_map);
+	} else if (!strcmp(op, "block_vmemmap") || !strcmp(op, "block_altmap_free") ||
+		   !strcmp(op, "block_new_altmap")) {
+		struct memory_block *mem = get_block(block);
+		if (!mem)
+			return -ENOENT;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
+		if (!strcmp(op, "block_new_altmap")) {
+			struct vmem_altmap *a = kzalloc(sizeof(*a), GFP_KERNEL);
+			if (!a || mem->altmap)
+				return -EEXIST;
+			a->base_pfn = section_nr_to_pfn(mem->start_section_nr);
+			a->end_pfn = a->base_pfn + memory_block_size_bytes() / PAGE_SIZE - 1;
+			a->free = value;
+			a->alloc = value;
+			mem->altmap = a;
+			old = 0;
+			new = value;
+		} else {
+			if (!mem->altmap)
+				return -ENOENT;
+			if (!strcmp(op, "block_vmemmap")) {
+				old = mem->altmap->alloc;
+				mem->altmap->alloc = value;
+			} else {
+				old = mem->altmap->free;
+				mem->altmap->free = value;
+			}
+			new = value;
+		}
+#else
+		if (!strcmp(op, "block_altmap_free"))
+			return -EINVAL;
+		old = mem->nr_vmemmap_pages;
+		mem->nr_vmemmap_pages = value;
+		new = value;
+#endif
+		pr_info("faultmod: {\"op\": \"%s\", \"block\": %lu, \"old\": %lu, \"new\": %lu}\n",
+			op, block, old, new);
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void __exit faultmod_exit(void)
+{
+}
+
+module_init(faultmod_init);
+module_exit(faultmod_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("drgn-vmemmap fault injector for fixture kernels");

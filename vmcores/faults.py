@@ -1,0 +1,85 @@
+"""Host side of fault injection: build faultmod.ko, resolve targets, load it.
+
+A fault step names its target symbolically, e.g. ``{"dimm": "dimm0",
+"block": 0, "offset": 3, "count": 5}`` (pfns 3..7 of the DIMM's first block)
+and carries ``expect``: the violation the checker must report for it.  The
+manifest records the resolved numbers, the module's own account of the old
+and new values, and the expectation.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict
+
+from . import kernel
+from .paths import CACHE, HERE, run
+
+PAGE_SIZE = 4096
+SECTION_PAGES = 1 << (27 - 12)
+
+
+def build_module(key: str) -> Path:
+    build = kernel.build_kernel(key)
+    obj = Path((build / "objdir").read_text().strip())
+    src = CACHE / "faultmod" / key
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    for f in ("faultmod.c", "Kbuild"):
+        shutil.copy(HERE / "faultmod" / f, src / f)
+    run(["make", "-C", str(obj), f"M={src}", "modules"])
+    return src / "faultmod.ko"
+
+
+def symbol(key: str, name: str) -> int:
+    obj = Path((kernel.build_kernel(key) / "objdir").read_text().strip())
+    for line in (obj / "System.map").read_text().splitlines():
+        addr, _, sym = line.split()
+        if sym == name:
+            return int(addr, 16)
+    raise KeyError(name)
+
+
+def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Turn symbolic targets into pfn / block / section numbers."""
+    out = {k: v for k, v in args.items() if k not in ("dimm", "offset", "expect")}
+    if "dimm" in args:
+        blocks = runner.dimm_blocks(args["dimm"])
+        bid = blocks[args.get("block", 0)]
+        pages_per_block = runner.block_size // PAGE_SIZE
+        out["block"] = bid
+        out["pfn"] = bid * pages_per_block + args.get("offset", 0)
+        out["section"] = out["pfn"] // SECTION_PAGES + args.get("section_index", 0)
+        out.pop("section_index", None)
+    return out
+
+
+def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
+    target = resolve(runner, args)
+    if "hugepage" in args:
+        # The n-th HugeTLB head inside the block, from kpageflags.
+        from .truth import hugepage_heads, kpageflags_runs
+        pages_per_block = runner.block_size // PAGE_SIZE
+        heads = hugepage_heads(kpageflags_runs(runner.g, target["block"] * pages_per_block,
+                                               pages_per_block))
+        target["pfn"] = heads[args["hugepage"]]
+        target.pop("hugepage")
+    params = {"op": op, "memory_blocks_addr": symbol(runner.scenario.kernel, "memory_blocks")}
+    for k in ("pfn", "count", "flag", "value", "mask", "block", "section"):
+        if k in target:
+            params[k] = target[k]
+    runner.g.sh("dmesg -c > /dev/null")
+    runner.g.sh("insmod /lib/faultmod.ko " + " ".join(f"{k}={v}" for k, v in params.items()))
+    out = runner.g.sh("dmesg")
+    runner.g.sh("rmmod faultmod")
+    reports = [json.loads(line.split("faultmod: ", 1)[1]) for line in out.splitlines()
+               if "faultmod: {" in line]
+    if len(reports) != 1:
+        raise RuntimeError(f"faultmod said nothing for {op}: {out}")
+    expect = dict(args.get("expect", {}))
+    for k, v in list(expect.items()):
+        # "$pfn", "$block", "$section" and "$pfn+N" refer to the resolved target.
+        if isinstance(v, str) and v.startswith("$"):
+            name, _, plus = v[1:].partition("+")
+            expect[k] = target[name] + int(plus or 0)
+    return {"op": op, "target": target, "module": reports[0], "expect": expect}

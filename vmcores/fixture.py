@@ -1,0 +1,262 @@
+"""Run a scenario in a guest, record ground truth, dump and filter: one fixture.
+
+Outputs ``vmcores/fixtures/NAME.vmcore`` (kdump-compressed, makedumpfile -c)
+and ``NAME.json`` (the manifest).  Work happens in ``NAME.partial`` files and
+is renamed into place only when complete.
+"""
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from . import kernel, truth
+from .guest import Guest, build_initramfs
+from .paths import CACHE, FIXTURES, KERNEL_DIR, log, run
+from .scenarios import CMDLINE, Scenario, lookup
+
+PAGE_SIZE = 4096
+#: sizeof(struct page) on every fixture kernel (x86-64, SLUB).  The factory's
+#: rule for N uses it; kpageflags then confirms N on every online block.
+STRUCT_PAGE_SIZE = 64
+
+
+def kernel_version(key: str) -> tuple:
+    return tuple(int(x) for x in key.split("-")[0].split("."))
+
+
+def expected_vmemmap_pages(key: str, param: str, dimm_size: int, block_size: int) -> int:
+    """How many pages at the start of each block of a DIMM hold its own memmap.
+
+    The kernel's rule (mm/memory_hotplug.c, mhp_supports_memmap_on_memory):
+    the parameter is on; before 6.6 the hot-added range must be exactly one
+    memory block (6.6 split larger ranges per block); the memmap must fill
+    whole PMDs (true for 64-byte struct pages and 128 MiB blocks).
+    """
+    if param.upper() not in ("Y", "1", "FORCE"):
+        return 0
+    if kernel_version(key) < (6, 6) and dimm_size != block_size:
+        return 0
+    return (block_size // PAGE_SIZE) * STRUCT_PAGE_SIZE // PAGE_SIZE
+
+
+def kernel_files(key: str) -> Dict[str, Path]:
+    """bzImage, vmlinux and object directory of kernel ``key`` (built if needed)."""
+    build = kernel.build_kernel(key)
+    return {"bzImage": build / "bzImage", "vmlinux": build / "vmlinux",
+            "obj": Path((build / "objdir").read_text().strip())}
+
+
+class Runner:
+    def __init__(self, name: str, scenario: Scenario, guest: Guest, block_size: int):
+        self.name = name
+        self.scenario = scenario
+        self.g = guest
+        self.block_size = block_size
+        self.log: List[Dict[str, Any]] = []
+        self.faults: List[Dict[str, Any]] = []
+
+    def dimm_blocks(self, dimm: str) -> List[int]:
+        info = self.g.dimms[dimm]
+        first = info["addr"] // self.block_size
+        return list(range(first, first + info["size"] // self.block_size))
+
+    def step(self, action: str, *args: Any) -> None:
+        log(f"step {action} {args}")
+        t = time.monotonic()
+        getattr(self, "do_" + action)(*args)
+        self.log.append({"step": [action, *args], "seconds": round(time.monotonic() - t, 2)})
+
+    def do_hugepages(self, node: int, count: int) -> None:
+        self.g.sh(f"echo {count} > /sys/devices/system/node/node{node}/hugepages/"
+                  "hugepages-2048kB/nr_hugepages")
+
+    def do_plug(self, dimm: str, size_mb: int, node: int) -> None:
+        self.g.plug(dimm, size_mb, node)
+        # Wait until the guest has added every block of the DIMM.
+        want = self.dimm_blocks(dimm)
+        for _ in range(600):
+            present = truth.memory_blocks(self.g)
+            if all(b in present for b in want):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"guest did not add the blocks of {dimm}")
+
+    def _select(self, dimm: str, blocks: Any) -> List[int]:
+        ids = self.dimm_blocks(dimm)
+        return ids if blocks == "all" else [ids[i] for i in blocks]
+
+    def do_online(self, dimm: str, blocks: Any, how: str) -> None:
+        for b in self._select(dimm, blocks):
+            self.g.sh(f"echo {how} > /sys/devices/system/memory/memory{b}/state")
+
+    def do_offline(self, dimm: str, blocks: Any) -> None:
+        for b in self._select(dimm, blocks):
+            self.g.sh(f"echo offline > /sys/devices/system/memory/memory{b}/state")
+
+    def do_unplug(self, dimm: str) -> None:
+        for b in self.dimm_blocks(dimm):
+            self.g.sh(f"s=/sys/devices/system/memory/memory{b}/state; "
+                      f"[ ! -e $s ] || [ $(cat $s) = offline ] || echo offline > $s")
+        self.g.unplug(dimm)
+
+    def do_fault(self, op: str, args: Dict[str, Any]) -> None:
+        from .faults import inject
+        self.faults.append(inject(self, op, args))
+
+
+def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
+    g = r.g
+    param = truth.memmap_on_memory_param(g)
+    blocks = truth.memory_blocks(g)
+    bs = r.block_size
+    pages_per_block = bs // PAGE_SIZE
+    dimms = g.memory_devices()
+    hot: Dict[int, Dict[str, Any]] = {}
+    for d in dimms.values():
+        first = d["addr"] // bs
+        n = expected_vmemmap_pages(key, param, d["size"], bs)
+        for i in range(d["size"] // bs):
+            hot[first + i] = {"dimm": d["id"], "index": i, "vmemmap_pages": n}
+    out_blocks = []
+    ranges = []
+    kpf: Dict[str, Any] = {}
+    hugepages: Dict[str, List[int]] = {}
+    for bid in sorted(blocks):
+        b = dict(blocks[bid])
+        b["start_pfn"] = bid * pages_per_block
+        b["nr_pages"] = pages_per_block
+        b["hotplugged"] = bid in hot
+        if bid in hot:
+            b.update(dimm=hot[bid]["dimm"], dimm_index=hot[bid]["index"])
+        runs = truth.kpageflags_runs(g, b["start_pfn"], pages_per_block)
+        heads = truth.hugepage_heads(runs)
+        if heads:
+            hugepages[str(bid)] = heads
+        marker_pfns = sum(n for _, n, names in runs if "owner_private" in names)
+        b["owner_private_pages"] = marker_pfns
+        if bid in hot:
+            kpf[str(bid)] = runs
+            n = hot[bid]["vmemmap_pages"]
+            b["vmemmap_pages"] = n
+            if b["state"] == "online":
+                seen = truth.vmemmap_run(runs, b["start_pfn"])
+                if seen != n:
+                    raise RuntimeError(
+                        f"block {bid}: kpageflags shows a PG_owner_priv_1 run of {seen} "
+                        f"pages at its start, the rule expects {n}")
+                b["vmemmap_source"] = "kpageflags"
+            else:
+                b["vmemmap_source"] = "rule"
+            if n:
+                ranges.append({"block": bid, "start_pfn": b["start_pfn"], "nr_pages": n,
+                               "state": b["state"], "node": b["node"]})
+        out_blocks.append(b)
+    return {
+        "memmap_on_memory": param,
+        "block_size_bytes": bs,
+        "blocks": out_blocks,
+        "dimms": sorted(dimms.values(), key=lambda d: d["addr"]),
+        "self_hosted": ranges,
+        "kpageflags": kpf,
+        "hugepage_heads": hugepages,
+        "nr_hugepages": {n: int(g.sh(f"cat /sys/devices/system/node/node{n}/hugepages/"
+                                     "hugepages-2048kB/nr_hugepages").strip())
+                         for n in (0, 1)},
+        "uname": g.sh("uname -r").strip(),
+        "meminfo": dict(line.split(":", 1)[0:2] for line in
+                        g.sh("cat /proc/meminfo").splitlines() if ":" in line),
+    }
+
+
+def readable(vmcore: Path, vmlinux: Path, manifest: Dict[str, Any]) -> Optional[str]:
+    """Why drgn cannot read what the tests need from ``vmcore``, or None.
+
+    Only a readability check of the filtered dump; the manifest's contents
+    never come from drgn.
+    """
+    code = r"""
+import sys, drgn
+from drgn.helpers.linux.mm import for_each_memory_block, for_each_valid_page_range
+prog = drgn.Program(); prog.set_core_dump(sys.argv[1]); prog.load_debug_info([sys.argv[2]])
+n = 0
+for mem in for_each_memory_block(prog):
+    prog.read(mem.value_(), drgn.sizeof(mem.type_.type)); n += 1
+ps = drgn.sizeof(prog.type("struct page"))
+online = set(int(x) for x in sys.argv[3].split(",") if x)
+pages_per_block = int(sys.argv[4])
+for start, end, mem_map in for_each_valid_page_range(prog):
+    for pfn in range(start, end, pages_per_block):
+        if pfn // pages_per_block in online:
+            prog.read(mem_map.value_() + pfn * ps, min(pages_per_block, end - pfn) * ps)
+print(n)
+"""
+    pages_per_block = manifest["truth"]["block_size_bytes"] // PAGE_SIZE
+    online = ",".join(str(b["id"]) for b in manifest["truth"]["blocks"]
+                      if b["state"] == "online")
+    proc = subprocess.run(["python3", "-c", code, str(vmcore), str(vmlinux), online,
+                           str(pages_per_block)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or ["?"])[-1]
+    if int(proc.stdout.strip()) != len(manifest["truth"]["blocks"]):
+        return "not every memory block was found"
+    return None
+
+
+def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Path:
+    name, scenario = lookup(key, scenario_name)
+    files = kernel_files(scenario.kernel)
+    work = CACHE / "run" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    extra = []
+    if any(s[0] == "fault" for s in scenario.steps):
+        from .faults import build_module
+        extra.append(build_module(scenario.kernel))
+    initramfs = build_initramfs(work / "initramfs.cpio.gz", extra)
+    t0 = time.monotonic()
+    with Guest(files["bzImage"], initramfs, work, cmdline=CMDLINE) as g:
+        r = Runner(name, scenario, g, truth.block_size(g))
+        for step in scenario.steps:
+            r.step(*step)
+        manifest: Dict[str, Any] = {
+            "schema": 1,
+            "name": name,
+            "doc": scenario.doc,
+            "kernel": {"key": scenario.kernel,
+                       "source": (files["bzImage"].parent / "source-version").read_text().strip(),
+                       "release": (files["bzImage"].parent / "release").read_text().strip(),
+                       "cmdline": CMDLINE},
+            "steps": r.log,
+        }
+        manifest["truth"] = collect_truth(r, scenario.kernel)
+        manifest["faults"] = r.faults
+        flat = work / "dump.flat"
+        g.dump(flat)
+    raw = work / "dump.raw"
+    with open(flat, "rb") as f:
+        subprocess.run(["makedumpfile", "-R", str(raw)], stdin=f, check=True,
+                       capture_output=True)
+    flat.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f"{name}.vmcore.partial"
+    for level in scenario.filters:
+        if partial.exists():
+            partial.unlink()
+        run(["makedumpfile", "-c", "-d", str(level), str(raw), str(partial)])
+        why = readable(partial, files["vmlinux"], manifest)
+        if why is None:
+            break
+        log(f"-d {level} dropped pages the tests need ({why}); trying the next level")
+    else:
+        raise RuntimeError(f"{name}: no filter level keeps the dump readable")
+    raw.unlink()
+    manifest["dump"] = {"file": f"{name}.vmcore", "format": "kdump-compressed (zlib)",
+                        "makedumpfile_level": level, "bytes": partial.stat().st_size,
+                        "guest_seconds": round(time.monotonic() - t0, 1)}
+    (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    partial.rename(out_dir / f"{name}.vmcore")
+    log(f"{name}: {manifest['dump']['bytes'] / 1e6:.1f} MB at -d {level}")
+    return out_dir / f"{name}.vmcore"

@@ -1,0 +1,250 @@
+"""A fixture kernel booted under QEMU/TCG, driven over QMP and a serial command channel.
+
+The guest's ``/init`` (see ``INIT``) reads one shell command per line from
+ttyS1 and answers with its output followed by ``@@DONE <status>``.  ttyS0 is
+the console, logged to a file.  Two QMP sockets are opened: one for the
+factory and one left untouched for the tool under test (drgn hung on a socket
+that another client had used and closed).
+"""
+
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .paths import log
+
+BUSYBOX = Path("/bin/busybox")
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp /mnt/huge
+exec 3<>/dev/ttyS1
+stty -F /dev/ttyS1 raw -echo -icrnl -onlcr -hupcl 2>/dev/null
+echo "@@READY" >&3
+while true; do
+  if ! read -r line <&3; then sleep 0.1; continue; fi
+  ( eval "$line" ) > /tmp/out 2>&1 < /dev/null
+  rc=$?
+  cat /tmp/out >&3
+  echo "@@DONE $rc" >&3
+done
+"""
+
+
+def build_initramfs(dest: Path, extra: Sequence[Path] = (), init: str = INIT) -> Path:
+    """Write a gzip'd newc cpio with static busybox, ``init`` and ``extra`` files in /lib."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "lib", "mnt"):
+            (root / d).mkdir()
+        shutil.copy(BUSYBOX, root / "bin" / "busybox")
+        (root / "init").write_text(init)
+        (root / "init").chmod(0o755)
+        for f in extra:
+            shutil.copy(f, root / "lib" / Path(f).name)
+        names = subprocess.run(["find", ".", "-print0"], cwd=root, check=True,
+                               capture_output=True).stdout
+        cpio = subprocess.run(["cpio", "--null", "-o", "-H", "newc", "--quiet",
+                               "--owner=0:0"], cwd=root, input=names, check=True,
+                              capture_output=True).stdout
+    dest.write_bytes(gzip.compress(cpio, 6, mtime=0))
+    return dest
+
+
+class QMP:
+    """A minimal synchronous QMP client (events are collected, not interpreted)."""
+
+    def __init__(self, path: Path, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.file = self.sock.makefile("rw")
+        self.events: List[dict] = []
+        json.loads(self.file.readline())  # greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, cmd: str, **arguments: Any) -> Any:
+        msg: Dict[str, Any] = {"execute": cmd}
+        if arguments:
+            msg["arguments"] = arguments
+        self.file.write(json.dumps(msg) + "\n")
+        self.file.flush()
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise RuntimeError(f"QMP closed during {cmd}")
+            reply = json.loads(line)
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"QMP {cmd}: {reply['error'].get('desc')}")
+            return reply.get("return")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+class Guest:
+    """One QEMU/TCG guest.  Use as a context manager."""
+
+    def __init__(self, bzimage: Path, initramfs: Path, workdir: Path,
+                 cmdline: str = "", mem_mb: int = 1024, nodes: int = 2,
+                 maxmem_gb: int = 8, slots: int = 4, smp: int = 2):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.console = workdir / "console.log"
+        self.qmp_path = workdir / "qmp.sock"
+        self.tool_qmp_path = workdir / "qmp-tool.sock"
+        self.cmd_path = workdir / "cmd.sock"
+        for p in (self.qmp_path, self.tool_qmp_path, self.cmd_path):
+            if p.exists():
+                p.unlink()
+        per_node = mem_mb // nodes
+        argv = [
+            "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg",
+            "-smp", str(smp), "-m", f"{mem_mb}M,slots={slots},maxmem={maxmem_gb}G",
+            "-kernel", str(bzimage), "-initrd", str(initramfs),
+            "-append", f"console=ttyS0 nokaslr panic=-1 {cmdline}".strip(),
+            "-device", "vmcoreinfo", "-display", "none", "-no-reboot",
+            "-serial", f"file:{self.console}",
+            "-serial", f"unix:{self.cmd_path},server=on,wait=off",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-qmp", f"unix:{self.tool_qmp_path},server=on,wait=off",
+        ]
+        for n in range(nodes):
+            argv += ["-object", f"memory-backend-ram,id=ram{n},size={per_node}M",
+                     "-numa", f"node,nodeid={n},memdev=ram{n}"
+                     + (f",cpus={n}" if n < smp else "")]
+        self.argv = argv
+        self.proc: Optional[subprocess.Popen] = None
+        self.dimms: Dict[str, Dict[str, Any]] = {}
+
+    def __enter__(self) -> "Guest":
+        log("boot: " + " ".join(self.argv))
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=open(self.workdir / "qemu.log", "wb"),
+                                     stderr=subprocess.STDOUT)
+        self.qmp = QMP(self.qmp_path)
+        self._connect_channel()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.qmp.execute("quit")
+            except Exception:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def _connect_channel(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.chan = socket.socket(socket.AF_UNIX)
+                self.chan.connect(str(self.cmd_path))
+                break
+            except OSError:
+                self.chan.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("guest command channel never appeared")
+                time.sleep(0.1)
+        self.chan.settimeout(timeout)
+        self._buf = b""
+        self._read_until(b"@@READY\n", deadline)
+
+    def _read_until(self, marker: bytes, deadline: float) -> bytes:
+        while marker not in self._buf:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"guest died; console tail:\n{self.console_tail()}")
+            self.chan.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                data = self.chan.recv(65536)
+            except socket.timeout:
+                raise RuntimeError(f"guest timed out; console tail:\n{self.console_tail()}")
+            if not data:
+                raise RuntimeError("guest channel closed")
+            self._buf += data
+        out, _, self._buf = self._buf.partition(marker)
+        return out
+
+    def console_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.console.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def sh(self, command: str, check: bool = True, timeout: float = 300.0) -> str:
+        """Run one shell command line in the guest; return its output."""
+        assert "\n" not in command
+        self.chan.sendall(command.encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        out = self._read_until(b"@@DONE ", deadline)
+        rc_line = self._read_until(b"\n", deadline)
+        rc = int(rc_line.strip() or b"0")
+        text = out.decode(errors="replace")
+        if check and rc != 0:
+            raise RuntimeError(f"guest command failed ({rc}): {command}\n{text}")
+        return text
+
+    # --- memory devices over QMP -------------------------------------------------
+
+    def plug(self, dimm_id: str, size_mb: int, node: int) -> Dict[str, Any]:
+        self.qmp.execute("object-add", **{"qom-type": "memory-backend-ram",
+                                          "id": f"mem-{dimm_id}", "size": size_mb << 20})
+        self.qmp.execute("device_add", driver="pc-dimm", id=dimm_id,
+                         memdev=f"mem-{dimm_id}", node=node)
+        info = self.memory_devices()[dimm_id]
+        self.dimms[dimm_id] = info
+        return info
+
+    def unplug(self, dimm_id: str, timeout: float = 120.0) -> None:
+        self.qmp.execute("device_del", id=dimm_id)
+        deadline = time.monotonic() + timeout
+        while dimm_id in self.memory_devices():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{dimm_id} was not released by the guest")
+            time.sleep(0.5)
+        self.qmp.execute("object-del", id=f"mem-{dimm_id}")
+        self.dimms.pop(dimm_id, None)
+
+    def memory_devices(self) -> Dict[str, Dict[str, Any]]:
+        out = {}
+        for dev in self.qmp.execute("query-memory-devices"):
+            d = dev["data"]
+            out[d["id"]] = {"id": d["id"], "addr": d["addr"], "size": d["size"],
+                            "node": d["node"], "slot": d["slot"]}
+        return out
+
+    def dump(self, path: Path, fmt: str = "kdump-zlib") -> None:
+        if path.exists():
+            path.unlink()
+        self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{path}",
+                         format=fmt)

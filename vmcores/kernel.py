@@ -1,0 +1,217 @@
+"""Fetch a Debian kernel source package and build a minimal fixture kernel.
+
+A kernel key ("6.1", "6.12", "7.2", "6.12-marking") names a Debian source
+package, the config fragments merged onto ``tinyconfig`` and optional patches.
+The build is deterministic in everything we control (timestamp, user, host),
+and its outputs land in the factory cache:
+
+    CACHE/build/KEY/{bzImage, vmlinux, config, release, source-version}
+
+``commit_kernel()`` copies what the tests need into ``vmcores/kernels/KEY``:
+``bzImage``, ``config`` and ``vmlinux.xz`` (debug info only, dwz-compressed).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional
+
+from .paths import CACHE, HERE, run
+
+
+class KernelSpec(NamedTuple):
+    key: str
+    package: str
+    suite: Optional[str]  # None: the machine's own apt sources
+    fragments: List[str]
+    patches: List[str]
+
+
+KERNELS: Dict[str, KernelSpec] = {
+    "6.1": KernelSpec("6.1", "linux-source-6.1", None, ["base", "6.1"], []),
+    "6.12": KernelSpec("6.12", "linux-source-6.12", None, ["base", "6.12"], []),
+    "7.2": KernelSpec("7.2", "linux-source-7.2", "sid", ["base", "7.2"], []),
+}
+
+# Options whose absence makes a fixture meaningless.  Checked after
+# olddefconfig, which silently drops options whose dependencies are missing.
+REQUIRED = [
+    "64BIT", "SMP", "NUMA", "ACPI_NUMA", "PCI", "ACPI", "ACPI_HOTPLUG_MEMORY",
+    "SPARSEMEM_VMEMMAP", "MEMORY_HOTPLUG", "MEMORY_HOTREMOVE",
+    "MHP_MEMMAP_ON_MEMORY", "HUGETLBFS", "HUGETLB_PAGE",
+    "HUGETLB_PAGE_OPTIMIZE_VMEMMAP", "FW_CFG_SYSFS", "CRASH_DUMP",
+    "PROC_KCORE", "PROC_PAGE_MONITOR", "KALLSYMS_ALL", "MODULES",
+    "DEBUG_INFO_DWARF5", "SERIAL_8250_CONSOLE", "BLK_DEV_INITRD",
+]
+
+REPRO_ENV = {
+    "KBUILD_BUILD_TIMESTAMP": "2026-01-01",
+    "KBUILD_BUILD_USER": "vmcores",
+    "KBUILD_BUILD_HOST": "drgn-vmemmap",
+    "KBUILD_BUILD_VERSION": "1",
+}
+
+
+def apt_options(suite: Optional[str]) -> List[str]:
+    """apt options that read ``suite`` through a private state directory.
+
+    The mirror URI is taken from the machine's configured Debian sources; the
+    system's own apt configuration is never modified.
+    """
+    if suite is None:
+        return []
+    state = CACHE / f"apt-{suite}"
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    sources = state / "sources.list"
+    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                       f"{debian_mirror()} {suite} main\n")
+    opts = [
+        f"-oDir::Etc::sourcelist={sources}",
+        "-oDir::Etc::sourceparts=-",
+        f"-oDir::State::Lists={state / 'lists'}",
+        f"-oDir::Cache={state / 'cache'}",
+        "-oAPT::Get::List-Cleanup=0",
+    ]
+    stamp = state / "updated"
+    if not stamp.exists():
+        run(["apt-get", *opts, "update"])
+        stamp.touch()
+    return opts
+
+
+def debian_mirror() -> str:
+    """The Debian mirror URI the machine is configured with."""
+    candidates = [Path("/etc/apt/sources.list")]
+    d = Path("/etc/apt/sources.list.d")
+    if d.is_dir():
+        candidates += sorted(d.iterdir())
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+/debian)/?\s",
+                             text, re.M):
+            return m.group(1)
+    raise RuntimeError("no Debian mirror found in the machine's apt sources")
+
+
+def fetch_source(spec: KernelSpec) -> Path:
+    """Download (no install) the source package; return the kernel tree."""
+    src = CACHE / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    opts = apt_options(spec.suite)
+    debs = sorted(src.glob(f"{spec.package}_*.deb"))
+    if not debs:
+        run(["apt-get", *opts, "download", spec.package], cwd=src)
+        debs = sorted(src.glob(f"{spec.package}_*.deb"))
+    deb = debs[-1]
+    version = deb.name.split("_")[1]
+    tree = CACHE / "tree" / f"{spec.package}_{version}"
+    if not (tree / "Makefile").exists():
+        unpack = CACHE / "tree" / (tree.name + ".unpack")
+        shutil.rmtree(unpack, ignore_errors=True)
+        unpack.mkdir(parents=True)
+        run(["dpkg-deb", "-x", str(deb), str(unpack)])
+        tarball = next((unpack / "usr" / "src").glob("linux-source-*.tar.*"))
+        with tarfile.open(tarball) as tf:
+            tf.extractall(unpack / "x", filter="fully_trusted")
+        (top,) = (unpack / "x").iterdir()
+        shutil.rmtree(tree, ignore_errors=True)
+        top.rename(tree)
+        shutil.rmtree(unpack)
+    (tree / ".debian-version").write_text(version + "\n")
+    return tree
+
+
+def read_config(path: Path) -> Dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"CONFIG_(\w+)=(.*)", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
+    """Build kernel ``key``; return its build directory in the cache."""
+    spec = KERNELS[key]
+    out = CACHE / "build" / key
+    if (out / "done").exists():
+        return out
+    tree = fetch_source(spec)
+    version = (tree / ".debian-version").read_text().strip()
+    obj = CACHE / "obj" / key
+    if spec.patches:
+        # Patched kernels build from their own copy of the tree.
+        ptree = CACHE / "tree" / f"{tree.name}+{key}"
+        if not (ptree / "Makefile").exists():
+            shutil.rmtree(ptree, ignore_errors=True)
+            run(["cp", "-a", str(tree), str(ptree)])
+            for patch in spec.patches:
+                run(["patch", "-p1", "-i", str(HERE / "patches" / patch)], cwd=ptree)
+        tree = ptree
+    obj.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **REPRO_ENV)
+    jobs = jobs or (os.cpu_count() or 1) + 1
+    make = ["make", "-C", str(tree), f"O={obj}", f"-j{jobs}"]
+    run(make + ["tinyconfig"], env=env)
+    fragments = [str(HERE / "configs" / f"{f}.config") for f in spec.fragments]
+    run([str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
+         str(obj / ".config"), *fragments], env=env, cwd=tree)
+    run(make + ["olddefconfig"], env=env)
+    config = read_config(obj / ".config")
+    missing = [o for o in REQUIRED if config.get(o) != "y"]
+    for f in fragments:
+        # Every option a fragment asks for must survive, "=n" included.
+        for opt, val in read_config(Path(f)).items():
+            have = config.get(opt, "n")
+            if val != have and not (val == "n" and opt not in config):
+                missing.append(f"{opt}={val} (got {have})")
+    if missing:
+        raise RuntimeError(f"kernel {key}: config lost required options: "
+                           + ", ".join(sorted(set(missing))))
+    run(make + ["bzImage", "vmlinux", "modules", "modules_prepare"], env=env)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(obj / "arch/x86/boot/bzImage", out / "bzImage")
+    shutil.copy(obj / "vmlinux", out / "vmlinux")
+    shutil.copy(obj / ".config", out / "config")
+    release = (obj / "include/config/kernel.release").read_text().strip()
+    (out / "release").write_text(release + "\n")
+    (out / "source-version").write_text(f"{spec.package} {version}\n")
+    (out / "objdir").write_text(str(obj) + "\n")
+    (out / "done").touch()
+    return out
+
+
+def debug_vmlinux(build: Path) -> Path:
+    """A debug-info-only copy of vmlinux, dwz-compressed: what gets committed."""
+    dbg = build / "vmlinux.debug"
+    if not dbg.exists():
+        tmp = build / "vmlinux.debug.tmp"
+        run(["objcopy", "--only-keep-debug", "--compress-debug-sections=none",
+             str(build / "vmlinux"), str(tmp)])
+        # dwz exits non-zero when it finds nothing to share; that is harmless.
+        subprocess.run(["dwz", "-L", "none", str(tmp)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tmp.rename(dbg)
+    return dbg
+
+
+def commit_kernel(key: str) -> Path:
+    """Copy a built kernel into ``vmcores/kernels/KEY`` (bzImage, config, vmlinux.xz)."""
+    build = build_kernel(key)
+    dest = HERE / "kernels" / key
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(build / "bzImage", dest / "bzImage")
+    shutil.copy(build / "config", dest / "config")
+    for name in ("release", "source-version"):
+        shutil.copy(build / name, dest / name)
+    dbg = debug_vmlinux(build)
+    with open(dest / "vmlinux.xz", "wb") as f:
+        subprocess.run(["xz", "-9e", "-T1", "-c", str(dbg)], stdout=f, check=True)
+    return dest
