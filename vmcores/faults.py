@@ -42,7 +42,14 @@ def symbol(key: str, name: str) -> int:
 
 def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """Turn symbolic targets into pfn / block / section numbers."""
-    out = {k: v for k, v in args.items() if k not in ("dimm", "offset", "expect")}
+    out = {k: v for k, v in args.items()
+           if k not in ("dimm", "offset", "expect", "block_id", "hugepage")}
+    if "block_id" in args:
+        # A boot block, by id.
+        pages_per_block = runner.block_size // PAGE_SIZE
+        out["block"] = args["block_id"]
+        out["pfn"] = args["block_id"] * pages_per_block + args.get("offset", 0)
+        out["section"] = out["pfn"] // SECTION_PAGES
     if "dimm" in args:
         blocks = runner.dimm_blocks(args["dimm"])
         bid = blocks[args.get("block", 0)]
@@ -63,9 +70,8 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         heads = hugepage_heads(kpageflags_runs(runner.g, target["block"] * pages_per_block,
                                                pages_per_block))
         target["pfn"] = heads[args["hugepage"]]
-        target.pop("hugepage")
     params = {"op": op, "memory_blocks_addr": symbol(runner.scenario.kernel, "memory_blocks")}
-    for k in ("pfn", "count", "flag", "value", "mask", "block", "section"):
+    for k in ("pfn", "count", "flag", "sflag", "value", "mask", "block", "section"):
         if k in target:
             params[k] = target[k]
     runner.g.sh("dmesg -c > /dev/null")
@@ -76,6 +82,22 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
                if "faultmod: {" in line]
     if len(reports) != 1:
         raise RuntimeError(f"faultmod said nothing for {op}: {out}")
+    if op in ("set_flag", "clear_flag") and target.get("flag") == "owner_priv_1":
+        # Confirm through the kernel's own decoder that the marker changed.
+        from .truth import kpageflags_runs
+        runs = kpageflags_runs(runner.g, target["pfn"], target.get("count", 1))
+        want = op == "set_flag"
+        if any(("owner_private" in names) != want for _, _, names in runs):
+            raise RuntimeError(f"kpageflags does not show the {op} at {target['pfn']}: {runs}")
+    if op == "page_type":
+        # The 6.12-marking kernel reports PageVmemmap() in kpageflags (bit 43):
+        # confirm that the vmemmap page type is now there, or gone, as asked.
+        from .truth import kpageflags_runs
+        runs = kpageflags_runs(runner.g, target["pfn"], target.get("count", 1))
+        want = (target["value"] & 0xFFFFFFFF) >> 24 == 0xF8
+        if any(("vmemmap" in names) != want for _, _, names in runs):
+            raise RuntimeError(f"kpageflags does not show page_type {target['value']:#x} "
+                               f"at {target['pfn']}: {runs}")
     expect = dict(args.get("expect", {}))
     for k, v in list(expect.items()):
         # "$pfn", "$block", "$section" and "$pfn+N" refer to the resolved target.

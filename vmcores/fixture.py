@@ -42,6 +42,15 @@ def expected_vmemmap_pages(key: str, param: str, dimm_size: int, block_size: int
     return (block_size // PAGE_SIZE) * STRUCT_PAGE_SIZE // PAGE_SIZE
 
 
+#: What a self-hosted vmemmap page shows in kpageflags on the marking kernel.
+MARKING_KPF = ("owner_private", "reserved", "vmemmap")
+
+
+def marking_kernel(key: str) -> bool:
+    """Whether kernel ``key`` carries vmemmap-marking patches (see patches/)."""
+    return any("vmemmap-marking" in p for p in kernel.KERNELS[key].patches)
+
+
 def kernel_files(key: str) -> Dict[str, Path]:
     """bzImage, vmlinux and object directory of kernel ``key`` (built if needed)."""
     build = kernel.build_kernel(key)
@@ -124,6 +133,7 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
     ranges = []
     kpf: Dict[str, Any] = {}
     hugepages: Dict[str, List[int]] = {}
+    marking = marking_kernel(key)
     for bid in sorted(blocks):
         b = dict(blocks[bid])
         b["start_pfn"] = bid * pages_per_block
@@ -147,6 +157,14 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
                     raise RuntimeError(
                         f"block {bid}: kpageflags shows a PG_owner_priv_1 run of {seen} "
                         f"pages at its start, the rule expects {n}")
+                if marking:
+                    # The marking patch promises PGTY_vmemmap (kpageflags bit
+                    # 43) and PG_reserved on exactly the same pages.
+                    typed = truth.vmemmap_run(runs, b["start_pfn"], MARKING_KPF)
+                    if typed != n or sum(k for _, k, names in runs if "vmemmap" in names) != n:
+                        raise RuntimeError(
+                            f"block {bid}: kpageflags shows {typed} pages with "
+                            f"{'+'.join(MARKING_KPF)} at its start, the patch promises {n}")
                 b["vmemmap_source"] = "kpageflags"
             else:
                 b["vmemmap_source"] = "rule"
@@ -219,7 +237,12 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
     t0 = time.monotonic()
     with Guest(files["bzImage"], initramfs, work, cmdline=CMDLINE) as g:
         r = Runner(name, scenario, g, truth.block_size(g))
+        clean_truth = None
         for step in scenario.steps:
+            if step[0] == "fault" and clean_truth is None:
+                # Ground truth describes the kernel before any corruption;
+                # each fault then records exactly what it changed.
+                clean_truth = collect_truth(r, scenario.kernel)
             r.step(*step)
         manifest: Dict[str, Any] = {
             "schema": 1,
@@ -228,10 +251,11 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
             "kernel": {"key": scenario.kernel,
                        "source": (files["bzImage"].parent / "source-version").read_text().strip(),
                        "release": (files["bzImage"].parent / "release").read_text().strip(),
-                       "cmdline": CMDLINE},
+                       "cmdline": CMDLINE,
+                       "patches": list(kernel.KERNELS[scenario.kernel].patches)},
             "steps": r.log,
         }
-        manifest["truth"] = collect_truth(r, scenario.kernel)
+        manifest["truth"] = clean_truth or collect_truth(r, scenario.kernel)
         manifest["faults"] = r.faults
         flat = work / "dump.flat"
         g.dump(flat)

@@ -58,6 +58,112 @@ for _k in ("6.1", "6.12", "7.2"):
         "exactly one block before 6.6.")))
 
 
+def _expect(rule: str, start: str, end: str, block: str = "$block",
+            section: str = "$section", severity: str = "error") -> Dict[str, Any]:
+    return {"rule": rule, "severity": severity, "pfn_start": start, "pfn_end": end,
+            "block": block, "section": section}
+
+
+# Each fault names the violation the checker must report for it, no more.
+# Targets are symbolic (DIMM, block index, offset); faults.resolve() turns
+# them into numbers recorded in the manifest.
+_FAULTS_NEW = [  # 6.6+ (altmap accounting, PG_reserved clear since 6.11)
+    ("fault", "clear_flag", {"dimm": "dimm0", "block": 0, "offset": 100, "count": 4,
+                             "flag": "owner_priv_1",
+                             "expect": _expect("vmemmap-unmarked", "$pfn", "$pfn+4")}),
+    ("fault", "set_flag", {"dimm": "dimm0", "block": 0, "offset": 20000, "count": 2,
+                           "flag": "owner_priv_1",
+                           "expect": _expect("marker-stray", "$pfn", "$pfn+2")}),
+    ("fault", "set_flag", {"dimm": "dimm0", "block": 0, "offset": 300, "count": 1,
+                           "flag": "reserved",
+                           "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+1")}),
+    ("fault", "page_ref", {"dimm": "dimm2", "block": 0, "offset": 10, "count": 1, "value": 1,
+                           "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+1")}),
+    ("fault", "block_vmemmap", {"dimm": "dimm2", "block": 0, "value": 500,
+                                "expect": _expect("altmap-mismatch", "$pfn", "$pfn+512")}),
+    ("fault", "section_clear", {"dimm": "dimm1", "block": 0, "mask": 4,
+                                "expect": _expect("section-state", "$pfn", "$pfn+32768")}),
+    ("fault", "hpg_optimized", {"dimm": "dimm0", "block": 0, "hugepage": 0,
+                                "expect": _expect("hvo-self-hosted", "$pfn", "$pfn+512")}),
+    ("fault", "block_new_altmap", {"block_id": 3, "value": 512,
+                                   "expect": _expect("early-self-hosted", "$pfn", "$pfn+512")}),
+]
+
+_FAULTS_OLD = [  # 5.13-6.5: nr_vmemmap_pages, PG_reserved set on vmemmap pages
+    ("fault", "clear_flag", {"dimm": "dimm1", "block": 0, "offset": 0, "count": 8,
+                             "flag": "owner_priv_1",
+                             "expect": _expect("vmemmap-unmarked", "$pfn", "$pfn+8")}),
+    ("fault", "clear_flag", {"dimm": "dimm1", "block": 0, "offset": 511, "count": 1,
+                             "flag": "reserved",
+                             "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+1")}),
+    ("fault", "set_flag", {"dimm": "dimm1", "block": 0, "offset": 9000, "count": 3,
+                           "flag": "owner_priv_1",
+                           "expect": _expect("marker-stray", "$pfn", "$pfn+3")}),
+    ("fault", "block_vmemmap", {"dimm": "dimm1", "block": 0, "value": 256,
+                                "expect": _expect("altmap-mismatch", "$pfn", "$pfn+512")}),
+    ("fault", "block_vmemmap", {"block_id": 2, "value": 512,
+                                "expect": _expect("early-self-hosted", "$pfn", "$pfn+512")}),
+    ("fault", "section_clear", {"dimm": "dimm0", "block": 0, "mask": 4,
+                                "expect": _expect("section-state", "$pfn", "$pfn+32768")}),
+]
+
+for _k in ("6.12", "7.2"):
+    _add("faults", Scenario(_k, list(_BASIC) + _FAULTS_NEW, (
+        "hotplug-basic, then faultmod.ko corrupts one thing per rule: a cleared and a "
+        "stray PG_vmemmap_self_hosted, PG_reserved and an extra reference on vmemmap "
+        "pages, a wrong altmap->alloc, a section's SECTION_IS_ONLINE, "
+        "HPG_vmemmap_optimized on a self-hosted folio, an altmap on a boot block.")))
+_add("faults", Scenario("6.1", list(_BASIC) + _FAULTS_OLD, (
+    "hotplug-basic, then faultmod.ko corrupts: PG_vmemmap_self_hosted and PG_reserved "
+    "on the self-hosted 128 MiB DIMM, a stray marker, nr_vmemmap_pages of a "
+    "hot-plugged and of a boot block, SECTION_IS_ONLINE of an online section.")))
+
+
+# The 6.12-marking kernel carries patches/6.12-vmemmap-marking.patch: the
+# self-hosted markers proposed but never merged (SECTION_CANNOT_OPTIMIZE_VMEMMAP
+# and SECTION_USE_VMEMMAP on every section added with an altmap; PGTY_vmemmap
+# plus PG_reserved on the vmemmap pages of online blocks, reported by
+# kpageflags as bit 43), on top of upstream's PG_vmemmap_self_hosted.
+# Its section flags reach bit 5 (SECTION_MAP_LAST_BIT 6), which Debian 12's
+# makedumpfile 1.7.2 hard-codes as the first map bit: it decodes the mem_map
+# of marked sections 32 bytes off, so page filtering that reads struct pages
+# (-d 2..16) would work from garbage.  Only zero pages are excluded (-d 1).
+_MARKING_FILTERS = (1,)
+_MARKING_DOC = ("6.12 patched with the never-merged marking schemes: "
+                "SECTION_CANNOT_OPTIMIZE_VMEMMAP and SECTION_USE_VMEMMAP on every "
+                "section added with an altmap, PGTY_vmemmap + PG_reserved on vmemmap pages. ")
+_add("hotplug-basic", Scenario("6.12-marking", list(_BASIC), _MARKING_DOC + (
+    "Same steps as 6.12-hotplug-basic; kpageflags confirms PGTY_vmemmap and PG_reserved "
+    "on the N = 512 vmemmap pages of every online hot-plugged block."), _MARKING_FILTERS))
+
+_FAULTS_MARKING = [
+    # A self-hosted section that lost SECTION_CANNOT_OPTIMIZE_VMEMMAP.
+    ("fault", "section_clear", {"dimm": "dimm0", "block": 0,
+                                "sflag": "cannot_optimize_vmemmap",
+                                "expect": _expect("section-marker", "$pfn", "$pfn+32768")}),
+    # SECTION_USE_VMEMMAP on a boot section, whose memmap came from memblock.
+    ("fault", "section_set", {"block_id": 5, "sflag": "use_vmemmap",
+                              "expect": _expect("section-marker", "$pfn", "$pfn+32768")}),
+    # Vmemmap pages whose PGTY_vmemmap was cleared ("no type").
+    ("fault", "page_type", {"dimm": "dimm1", "block": 0, "offset": 200, "count": 3,
+                            "value": 0xFFFFFFFF,
+                            "expect": _expect("vmemmap-unmarked", "$pfn", "$pfn+3")}),
+    # PGTY_vmemmap on ordinary pages of the same block.
+    ("fault", "page_type", {"dimm": "dimm1", "block": 0, "offset": 9000, "count": 2,
+                            "value": 0xF8000000,
+                            "expect": _expect("marker-stray", "$pfn", "$pfn+2")}),
+    # The 2019 scheme sets PG_reserved with the type: a vmemmap page without it.
+    ("fault", "clear_flag", {"dimm": "dimm2", "block": 0, "offset": 50, "count": 2,
+                             "flag": "reserved",
+                             "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+2")}),
+]
+_add("faults", Scenario("6.12-marking", list(_BASIC) + _FAULTS_MARKING, _MARKING_DOC + (
+    "hotplug-basic, then faultmod.ko breaks the new markers: SECTION_CANNOT_OPTIMIZE_VMEMMAP "
+    "cleared on a self-hosted section, SECTION_USE_VMEMMAP set on a boot section, "
+    "PGTY_vmemmap cleared on three vmemmap pages and set on two ordinary pages, "
+    "PG_reserved cleared on two vmemmap pages."), _MARKING_FILTERS))
+
+
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
     full = f"{kernel}-{name}"
     if full not in SCENARIOS:

@@ -4,7 +4,7 @@ Nothing here uses drgn or drgn_vmemmap: the manifest must be an independent
 oracle for the tool under test.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from .guest import Guest
 
@@ -12,6 +12,9 @@ from .guest import Guest
 KPF = {
     "slab": 7, "buddy": 10, "compound_head": 15, "compound_tail": 16, "huge": 17,
     "nopage": 20, "offline": 23, "pgtable": 26, "reserved": 32, "owner_private": 37,
+    # Not upstream: the 6.12-marking patch reports PageVmemmap() here (a
+    # kernel-hacking bit no kernel up to 7.2 uses, so never set elsewhere).
+    "vmemmap": 43,
 }
 KPF_BY_BIT = {v: k for k, v in KPF.items()}
 
@@ -70,11 +73,13 @@ def memmap_on_memory_param(guest: Guest) -> str:
                     "2>/dev/null || echo absent").strip()
 
 
-def vmemmap_run(runs: List[List[Any]], start_pfn: int) -> int:
-    """Length of the PG_owner_priv_1 run that starts exactly at ``start_pfn``."""
+def vmemmap_run(runs: List[List[Any]], start_pfn: int,
+                flags: Tuple[str, ...] = ("owner_private",)) -> int:
+    """Length of the run that starts exactly at ``start_pfn`` and has every
+    one of ``flags`` (by default PG_owner_priv_1 alone)."""
     for pfn, n, names in runs:
         if pfn == start_pfn:
-            return n if "owner_private" in names else 0
+            return n if all(f in names for f in flags) else 0
     return 0
 
 

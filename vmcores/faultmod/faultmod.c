@@ -9,8 +9,11 @@
  *   op=set_flag|clear_flag pfn=P count=C flag=owner_priv_1|reserved
  *   op=page_ref pfn=P count=C value=DELTA         (page_ref_add)
  *   op=hpg_optimized pfn=HEAD                     (set HPG_vmemmap_optimized)
+ *   op=page_type pfn=P count=C value=V            (page->page_type = V, e.g. 4294967295)
  *   op=section_clear section=S mask=M             (section_mem_map &= ~M)
  *   op=section_set section=S mask=M               (section_mem_map |= M)
+ *      or sflag=online|cannot_optimize_vmemmap|use_vmemmap instead of mask=M
+ *      (the last two exist only on the 6.12-marking kernel: -EINVAL elsewhere)
  *   op=block_vmemmap block=B value=V              (nr_vmemmap_pages, or altmap->alloc)
  *   op=block_altmap_free block=B value=V          (6.6+: altmap->free)
  *   op=block_new_altmap block=B value=V           (give a block with none a record of V pages)
@@ -32,6 +35,7 @@ static char *op = "";
 static unsigned long pfn, count = 1, section, mask, block, memory_blocks_addr;
 static long value;
 static char *flag = "owner_priv_1";
+static char *sflag = "";
 module_param(op, charp, 0);
 module_param(pfn, ulong, 0);
 module_param(count, ulong, 0);
@@ -41,6 +45,7 @@ module_param(block, ulong, 0);
 module_param(memory_blocks_addr, ulong, 0);
 module_param(value, long, 0);
 module_param(flag, charp, 0);
+module_param(sflag, charp, 0);
 
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 18, 0)
 #define FLAGS_WORD(page) (&(page)->flags.f)
@@ -55,6 +60,22 @@ static int flag_bit(void)
 	if (!strcmp(flag, "reserved"))
 		return PG_reserved;
 	return -1;
+}
+
+/* A section flag by name; 0 if this kernel has no such flag. */
+static unsigned long section_flag_mask(void)
+{
+	if (!strcmp(sflag, "online"))
+		return SECTION_IS_ONLINE;
+#ifdef SECTION_CANNOT_OPTIMIZE_VMEMMAP
+	if (!strcmp(sflag, "cannot_optimize_vmemmap"))
+		return SECTION_CANNOT_OPTIMIZE_VMEMMAP;
+#endif
+#ifdef SECTION_USE_VMEMMAP
+	if (!strcmp(sflag, "use_vmemmap"))
+		return SECTION_USE_VMEMMAP;
+#endif
+	return 0;
 }
 
 static struct memory_block *get_block(unsigned long id)
@@ -90,6 +111,16 @@ static int __init faultmod_init(void)
 			page_ref_add(pfn_to_page(pfn + i), value);
 		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"count\": %lu, \"delta\": %ld, \"new\": %d}\n",
 			op, pfn, count, value, page_ref_count(pfn_to_page(pfn)));
+	} else if (!strcmp(op, "page_type")) {
+		for (i = 0; i < count; i++) {
+			struct page *page = pfn_to_page(pfn + i);
+			if (i == 0)
+				old = page->page_type;
+			page->page_type = (unsigned int)value;
+		}
+		new = pfn_to_page(pfn)->page_type;
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"count\": %lu, \"old\": %lu, \"new\": %lu}\n",
+			op, pfn, count, old, new);
 	} else if (!strcmp(op, "hpg_optimized")) {
 		struct page *page = pfn_to_page(pfn);
 		old = page->private;
@@ -98,13 +129,18 @@ static int __init faultmod_init(void)
 			op, pfn, HPG_vmemmap_optimized, old, page->private);
 	} else if (!strcmp(op, "section_clear") || !strcmp(op, "section_set")) {
 		struct mem_section *ms = __nr_to_section(section);
+		if (*sflag) {
+			mask = section_flag_mask();
+			if (!mask)
+				return -EINVAL;
+		}
 		old = ms->section_mem_map;
 		if (op[8] == 'c')
 			ms->section_mem_map &= ~mask;
 		else
 			ms->section_mem_map |= mask;
-		pr_info("faultmod: {\"op\": \"%s\", \"section\": %lu, \"mask\": %lu, \"old\": %lu, \"new\": %lu}\n",
-			op, section, mask, old, ms->section_mem_map);
+		pr_info("faultmod: {\"op\": \"%s\", \"section\": %lu, \"sflag\": \"%s\", \"mask\": %lu, \"old\": %lu, \"new\": %lu}\n",
+			op, section, sflag, mask, old, ms->section_mem_map);
 	} else if (!strcmp(op, "block_vmemmap") || !strcmp(op, "block_altmap_free") ||
 		   !strcmp(op, "block_new_altmap")) {
 		struct memory_block *mem = get_block(block);
@@ -112,13 +148,21 @@ static int __init faultmod_init(void)
 			return -ENOENT;
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
 		if (!strcmp(op, "block_new_altmap")) {
-			struct vmem_altmap *a = kzalloc(sizeof(*a), GFP_KERNEL);
-			if (!a || mem->altmap)
+			/* base_pfn and end_pfn are const: build it on the stack. */
+			unsigned long base = section_nr_to_pfn(mem->start_section_nr);
+			struct vmem_altmap tmpl = {
+				.base_pfn = base,
+				.end_pfn = base + memory_block_size_bytes() / PAGE_SIZE - 1,
+				.free = value,
+				.alloc = value,
+			};
+			struct vmem_altmap *a;
+
+			if (mem->altmap)
 				return -EEXIST;
-			a->base_pfn = section_nr_to_pfn(mem->start_section_nr);
-			a->end_pfn = a->base_pfn + memory_block_size_bytes() / PAGE_SIZE - 1;
-			a->free = value;
-			a->alloc = value;
+			a = kmemdup(&tmpl, sizeof(tmpl), GFP_KERNEL);
+			if (!a)
+				return -ENOMEM;
 			mem->altmap = a;
 			old = 0;
 			new = value;

@@ -1,0 +1,277 @@
+"""
+Check
+-----
+
+Run the rules over one program and build a :class:`~drgn_vmemmap.report.Report`.
+:class:`Context` is what the rules see: the model, the page-table backing and
+the bulk scanner, each computed once.
+"""
+
+import time
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+from drgn import FaultError, ObjectNotFoundError, Program
+from drgn.helpers.common.prog import takes_program_or_default
+from drgn.helpers.linux.list import list_for_each_entry
+
+from . import backing as _backing
+from . import scan as _scan
+from .model import Block, MemoryMap, memory_map
+from .report import NotChecked, Range, Report, Violation
+from .rules import RULES, Holds, state_name
+from .target import target_kind
+
+__all__ = ("Context", "check", "self_hosted_ranges")
+
+Progress = Callable[[int, int], None]
+
+
+class Context:
+    """Shared, lazily computed state for the rules of one check."""
+
+    def __init__(self, prog: Program, vmemmap_page_type: Optional[int] = None,
+                 progress: Optional[Progress] = None):
+        self.prog = prog
+        self.mm: MemoryMap = memory_map(prog, vmemmap_page_type)
+        self.features = self.mm.features
+        self.progress = progress
+        self.pages_scanned = 0
+        self.unreadable: List[List[int]] = []
+        self._extents = None
+        self._ranges: Optional[Dict[int, Range]] = None
+        self._scans: Dict[Tuple[int, int], object] = {}
+
+    # --- geometry ------------------------------------------------------------
+
+    def section_nr(self, pfn: int) -> int:
+        return pfn >> (self.features.section_size_bits - self.features.page_shift)
+
+    def block_id(self, pfn: int) -> int:
+        return pfn // self.features.pages_per_block
+
+    def is_hotplugged(self, b: Block) -> bool:
+        secs = list(self.mm.block_sections(b))
+        return bool(secs) and not any(s.has("IS_EARLY") for s in secs)
+
+    def xarray_blocks(self) -> Optional[Dict[int, int]]:
+        from drgn.helpers.linux.xarray import xa_load
+
+        try:
+            xa = self.prog["memory_blocks"].address_of_()
+            return {bid: xa_load(xa, bid).value_() or None for bid in self.mm.blocks}
+        except (KeyError, LookupError, FaultError):
+            return None
+
+    # --- page-table truth ----------------------------------------------------
+
+    def extents(self) -> List["_backing.Extent"]:
+        if self._extents is None:
+            self._extents = _backing.vmemmap_backing(self.prog, self.mm)
+        return self._extents
+
+    def self_hosted_by_block(self) -> Dict[int, Range]:
+        if self._ranges is None:
+            self._ranges = {r.block: r for r in self_hosted_ranges(self.prog, self.mm,
+                                                                    self.extents())}
+        return self._ranges
+
+    def self_hosted_pages(self, bid: int) -> int:
+        r = self.self_hosted_by_block().get(bid)
+        return r.nr_pages if r else 0
+
+    def backing_unreadable(self, b: Block) -> bool:
+        return any(e.kind == "unreadable" and e.described_start_pfn < b.end_pfn
+                   and b.start_pfn < e.described_end_pfn for e in self.extents())
+
+    def struct_pages_self_hosted(self, start: int, end: int) -> bool:
+        ranges = list(self.self_hosted_by_block().values())
+        for e in self.extents():
+            if e.described_end_pfn <= start or end <= e.described_start_pfn:
+                continue
+            if e.kind == "self-hosted":
+                return True
+            fs, fe = e.frame_start_pfn, e.frame_start_pfn + e.nr_frames
+            if any(fs < r.start_pfn + r.nr_pages and r.start_pfn < fe for r in ranges):
+                return True
+        return False
+
+    def self_hosted_mask_fn(self) -> Callable[[int, int], np.ndarray]:
+        ranges = list(self.self_hosted_by_block().values())
+
+        def inside(start: int, end: int) -> np.ndarray:
+            mask = np.zeros(end - start, dtype=bool)
+            for r in ranges:
+                s, e = max(start, r.start_pfn), min(end, r.start_pfn + r.nr_pages)
+                if s < e:
+                    mask[s - start:e - start] = True
+            return mask
+
+        return inside
+
+    # --- struct pages --------------------------------------------------------
+
+    def _note_unreadable(self, cols, start: int) -> None:
+        for s, e in _scan.unreadable_ranges(cols):
+            self.unreadable.append([s, e])
+
+    def scan(self, start: int, end: int):
+        key = (start, end)
+        if key not in self._scans:
+            cols = _scan.scan_pfns(self.prog, start, end)
+            self.pages_scanned += end - start
+            self._note_unreadable(cols, start)
+            self._scans[key] = cols
+        return self._scans[key]
+
+    def has_type(self, cols) -> np.ndarray:
+        return _scan.has_type(cols, self.features)
+
+    def type_is(self, cols, name: str) -> np.ndarray:
+        return _scan.type_is(cols, name, self.features)
+
+    def type_name(self, cols, i: int) -> str:
+        return _scan.type_name(int(cols.page_type[i]), self.features)
+
+    def scan_all(self) -> Iterator[Tuple[int, int, object, Optional[str]]]:
+        """Every present section with a memmap, one section at a time."""
+        secs = [s for s in self.mm.sections.values() if s.has("HAS_MEM_MAP")]
+        total = sum(s.nr_pages for s in secs)
+        done = 0
+        for s in secs:
+            b = self.mm.blocks.get(self.block_id(s.start_pfn))
+            if b is not None and b.state != "MEM_ONLINE":
+                yield s.start_pfn, s.end_pfn, None, \
+                    f"block {b.id} is {state_name(b.state)}: its memmap is uninitialised or stale"
+            elif not s.has("IS_ONLINE"):
+                yield s.start_pfn, s.end_pfn, None, f"section {s.nr} is offline"
+            else:
+                cols = _scan.scan_pfns(self.prog, s.start_pfn, s.end_pfn)
+                self.pages_scanned += s.nr_pages
+                self._note_unreadable(cols, s.start_pfn)
+                yield s.start_pfn, s.end_pfn, cols, None
+            done += s.nr_pages
+            if self.progress:
+                self.progress(done, total)
+
+    # --- HugeTLB -------------------------------------------------------------
+
+    def hugetlb_folios(self) -> Optional[List[Tuple[int, int, bool]]]:
+        """(head pfn, pages, HPG_vmemmap_optimized) of every pooled HugeTLB folio."""
+        prog = self.prog
+        f = self.features
+        try:
+            hstates = prog["hstates"]
+            n = prog["hugetlb_max_hstate"].value_()
+        except (KeyError, LookupError):
+            return []
+        out = []
+        try:
+            for h in hstates[:n]:
+                nr_pages = 1 << h.order.value_()
+                heads = [h.hugepage_activelist.address_of_()]
+                heads += [l.address_of_() for l in h.hugepage_freelists]
+                for head in heads:
+                    for page in list_for_each_entry("struct page", head, "lru"):
+                        addr = page.value_()
+                        pfn = (addr - f.vmemmap_base) // f.layout.size
+                        optimized = bool(page.private.value_() >> f.hpg_vmemmap_optimized & 1)
+                        out.append((pfn, nr_pages, optimized))
+        except FaultError:
+            return None
+        return out
+
+
+def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
+    """Self-hosted vmemmap ranges found from the page tables, one per block."""
+    out = []
+    for r in _backing.self_hosted_ranges(mm, extents):
+        b = mm.blocks.get(r.block)
+        out.append(Range(r.block, r.start_pfn, r.nr_pages,
+                         state_name(b.state) if b else "?", b.nid if b else None,
+                         b.zone if b else None))
+    return out
+
+
+def _features_json(ctx: Context) -> Dict[str, object]:
+    f = ctx.features
+    return {
+        "marker": f.markers,
+        "page_type": f"{f.page_types.scheme} ({f.page_types.source})",
+        "block_accounting": f.block_accounting,
+        "memmap_on_memory": None if f.memmap_on_memory is None
+        else f.memmap_on_memory != "N",
+        "memmap_on_memory_mode": f.memmap_on_memory,
+        "vmemmap_reserved": f.vmemmap_reserved,
+        "struct_page_size": f.layout.size,
+        "pages_per_block": f.pages_per_block,
+    }
+
+
+def _target_json(prog: Program) -> Dict[str, object]:
+    try:
+        release = prog["UTS_RELEASE"].string_().decode()
+    except (KeyError, LookupError, FaultError):
+        try:
+            release = prog["init_uts_ns"].name.release.string_().decode()
+        except (KeyError, LookupError, FaultError):
+            release = "?"
+    arch = prog.platform.arch.name.lower() if prog.platform else "?"
+    return {"kind": target_kind(prog), "release": release, "arch": arch}
+
+
+def _blocks_json(ctx: Context, violations: List[Violation]) -> List[Dict[str, object]]:
+    hosted = ctx.self_hosted_by_block()
+    bad = {v.block for v in violations if v.severity == "error"}
+    warn = {v.block for v in violations if v.severity == "warning"}
+    out = []
+    for b in sorted(ctx.mm.blocks.values(), key=lambda b: b.id):
+        r = hosted.get(b.id)
+        out.append({
+            "block": b.id, "state": state_name(b.state), "node": b.nid, "zone": b.zone,
+            "start_pfn": b.start_pfn, "nr_pages": b.nr_pages,
+            "hotplugged": ctx.is_hotplugged(b),
+            "recorded_vmemmap_pages": b.vmemmap_pages,
+            "self_hosted_pages": r.nr_pages if r else 0,
+            "verdict": "error" if b.id in bad else "warning" if b.id in warn else "ok",
+        })
+    return out
+
+
+@takes_program_or_default
+def check(prog: Program, rules: Optional[Iterable[str]] = None,
+          vmemmap_page_type: Optional[int] = None,
+          progress: Optional[Progress] = None) -> Report:
+    """
+    Check every rule (or those named) and return the report.
+
+    :param rules: rule ids from :data:`~drgn_vmemmap.rules.RULES`.
+    """
+    t0 = time.monotonic()
+    ctx = Context(prog, vmemmap_page_type, progress)
+    violations: List[Violation] = []
+    not_checked: List[NotChecked] = [NotChecked("*", e) for e in ctx.mm.errors]
+    holds: Dict[str, int] = {}
+    for rule_id in rules or RULES:
+        for result in RULES[rule_id](ctx):
+            if isinstance(result, Violation):
+                violations.append(result)
+            elif isinstance(result, NotChecked):
+                not_checked.append(result)
+            else:
+                holds[result.rule] = holds.get(result.rule, 0) + result.count
+    violations.sort(key=lambda v: (v.rule, v.pfn_start))
+    unreadable = sorted({(s, e) for s, e in ctx.unreadable})
+    return Report(
+        target=_target_json(prog),
+        features=_features_json(ctx),
+        ranges=sorted(ctx.self_hosted_by_block().values()),
+        violations=violations,
+        not_checked=not_checked,
+        unreadable=[list(u) for u in unreadable],
+        holds=holds,
+        stats={"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
+               "pages_scanned": ctx.pages_scanned,
+               "seconds": round(time.monotonic() - t0, 3)},
+        blocks=_blocks_json(ctx, violations),
+    )

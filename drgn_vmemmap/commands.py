@@ -1,0 +1,198 @@
+"""
+Commands
+--------
+
+The subcommands shared by the CLI and the ``%vmemmap`` drgn command: each
+returns ``(json-able data, table text)``.
+"""
+
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from drgn import FaultError, Program
+from tabulate import tabulate
+
+from .check import check, self_hosted_ranges
+from .backing import vmemmap_backing
+from .features import features
+from .model import memory_map
+from .report import Report
+from .rules import state_name
+
+__all__ = ("cmd_blocks", "cmd_explain", "cmd_features", "cmd_ranges", "cmd_sections",
+           "explain", "progress_bar", "run_check")
+
+
+def progress_bar(stream=None) -> Callable[[int, int], None]:
+    """A progress callback that redraws one stderr line at most 10 times a second."""
+    stream = stream or sys.stderr
+    state = {"last": 0.0, "t0": time.monotonic()}
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - state["last"] < 0.1:
+            return
+        state["last"] = now
+        width = 30
+        filled = width * done // max(total, 1)
+        rate = done / max(now - state["t0"], 1e-9)
+        stream.write(f"\rscanning struct pages [{'#' * filled}{'.' * (width - filled)}] "
+                     f"{done}/{total} ({rate / 1e6:.1f} M pages/s)")
+        if done >= total:
+            stream.write("\r" + " " * (width + 70) + "\r")
+        stream.flush()
+
+    return update
+
+
+def run_check(prog: Program, rules: Optional[List[str]] = None,
+              vmemmap_page_type: Optional[int] = None,
+              progress: Optional[Callable[[int, int], None]] = None) -> Report:
+    from .rules import RULES
+
+    for r in rules or ():
+        if r not in RULES:
+            raise ValueError(f"unknown rule {r!r}; known: {', '.join(RULES)}")
+    return check(prog, rules, vmemmap_page_type, progress)
+
+
+def cmd_ranges(prog: Program, args: Any) -> Tuple[Any, str]:
+    mm = memory_map(prog, getattr(args, "vmemmap_page_type", None))
+    ranges = self_hosted_ranges(prog, mm, vmemmap_backing(prog, mm))
+    data = [r._asdict() for r in ranges]
+    if not ranges:
+        return data, "no self-hosted vmemmap ranges"
+    rows = [[r.block, r.state, r.node, r.zone or "-", f"{r.start_pfn:#x}",
+             f"{r.start_pfn + r.nr_pages - 1:#x}", r.nr_pages] for r in ranges]
+    return data, tabulate(rows, headers=["block", "state", "node", "zone", "first pfn",
+                                         "last pfn", "pages"])
+
+
+def cmd_blocks(prog: Program, args: Any) -> Tuple[Any, str]:
+    mm = memory_map(prog, getattr(args, "vmemmap_page_type", None))
+    data = []
+    rows = []
+    for b in sorted(mm.blocks.values(), key=lambda b: b.id):
+        early = any(s.has("IS_EARLY") for s in mm.block_sections(b))
+        d = {"block": b.id, "state": state_name(b.state), "node": b.nid, "zone": b.zone,
+             "start_pfn": b.start_pfn, "nr_pages": b.nr_pages, "boot": early,
+             "vmemmap_pages": b.vmemmap_pages,
+             "altmap": b.altmap._asdict() if b.altmap else None, "error": b.error}
+        data.append(d)
+        a = b.altmap
+        rows.append([b.id, d["state"], b.nid, b.zone or "-", f"{b.start_pfn:#x}",
+                     "boot" if early else "hotplug", b.vmemmap_pages,
+                     f"free={a.free} alloc={a.alloc}" if a else "-", b.error or ""])
+    return data, tabulate(rows, headers=["block", "state", "node", "zone", "first pfn",
+                                         "memmap", "vmemmap pages", "altmap", "error"])
+
+
+def cmd_sections(prog: Program, args: Any) -> Tuple[Any, str]:
+    mm = memory_map(prog, getattr(args, "vmemmap_page_type", None))
+    data = [{"section": s.nr, "start_pfn": s.start_pfn, "nr_pages": s.nr_pages,
+             "flags": s.flag_names, "mem_map": s.mem_map,
+             "block": s.nr // mm.features.sections_per_block} for s in mm.sections.values()]
+    rows = [[s.nr, f"{s.start_pfn:#x}", s.nr // mm.features.sections_per_block,
+             f"{s.mem_map:#x}", "|".join(s.flag_names)] for s in mm.sections.values()]
+    return data, tabulate(rows, headers=["section", "first pfn", "block", "mem_map", "flags"])
+
+
+def cmd_features(prog: Program, args: Any) -> Tuple[Any, str]:
+    f = features(prog, getattr(args, "vmemmap_page_type", None))
+    d = {
+        "markers": f.markers, "page_type_scheme": f.page_types.scheme,
+        "page_type_source": f.page_types.source, "page_types": f.page_types.types,
+        "block_accounting": f.block_accounting, "vmemmap_reserved": f.vmemmap_reserved,
+        "memmap_on_memory": f.memmap_on_memory, "struct_page_size": f.layout.size,
+        "page_flags": {k: v for k, v in f.page_flags.items()
+                       if k in ("PG_owner_priv_1", "PG_vmemmap_self_hosted", "PG_reserved",
+                                "PG_swapbacked", "PG_head", "PG_lru")},
+        "section_flags": f.section_flags.masks, "sections_per_block": f.sections_per_block,
+        "hpg_vmemmap_optimized": f.hpg_vmemmap_optimized,
+    }
+    rows = [[k, v] for k, v in d.items()]
+    return d, tabulate(rows, tablefmt="plain")
+
+
+def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) -> Dict[str, Any]:
+    """Everything known about one pfn: its section, block, struct page, and the
+    struct pages it holds if it is a vmemmap frame."""
+    from . import scan
+
+    mm = memory_map(prog, vmemmap_page_type)
+    f = mm.features
+    ext = vmemmap_backing(prog, mm)
+    ranges = self_hosted_ranges(prog, mm, ext)
+    s = mm.section_of(pfn)
+    b = mm.block_of(pfn)
+    out: Dict[str, Any] = {
+        "pfn": pfn,
+        "section": None if s is None else {"nr": s.nr, "flags": s.flag_names},
+        "block": None if b is None else {"id": b.id, "state": state_name(b.state),
+                                         "node": b.nid, "zone": b.zone,
+                                         "vmemmap_pages": b.vmemmap_pages},
+    }
+    inside = [r for r in ranges if r.start_pfn <= pfn < r.start_pfn + r.nr_pages]
+    out["self_hosted_range"] = inside[0]._asdict() if inside else None
+    holds = [e for e in ext if e.kind not in ("unbacked", "unreadable")
+             and e.frame_start_pfn <= pfn < e.frame_start_pfn + e.nr_frames]
+    per_frame = (1 << f.page_shift) // f.layout.size
+    out["holds_struct_pages_of"] = [
+        {"first_pfn": e.described_start_pfn + (pfn - e.frame_start_pfn) * per_frame,
+         "count": per_frame, "kind": e.kind} for e in holds[:4]]
+    own = [e for e in ext if e.described_start_pfn <= pfn < e.described_end_pfn]
+    if own:
+        e = own[0]
+        frame = None if e.kind in ("unbacked", "unreadable") else \
+            e.frame_start_pfn + (pfn - e.described_start_pfn) // per_frame
+        out["struct_page"] = {"address": f.vmemmap_base + pfn * f.layout.size,
+                              "frame": frame, "backing": e.kind}
+    if s is not None and s.has("HAS_MEM_MAP"):
+        cols = scan.scan_pfns(prog, pfn, pfn + 1)
+        if cols.readable[0]:
+            flags = int(cols.flags[0])
+            out["page"] = {
+                "flags": flags,
+                "flag_names": sorted(n for n, bit in f.page_flags.items()
+                                     if flags >> bit & 1 and n not in ("PG_vmemmap_self_hosted",)),
+                "page_type": int(cols.page_type[0]),
+                "type": scan.type_name(int(cols.page_type[0]), f),
+                "refcount": int(cols.refcount[0]),
+                "mapping": int(cols.mapping[0]),
+            }
+        else:
+            out["page"] = "missing from the dump"
+    return out
+
+
+def cmd_explain(prog: Program, args: Any) -> Tuple[Any, str]:
+    d = explain(prog, args.pfn, getattr(args, "vmemmap_page_type", None))
+    lines = [f"pfn {d['pfn']:#x}"]
+    if d["section"]:
+        lines.append(f"  section {d['section']['nr']}: {'|'.join(d['section']['flags'])}")
+    else:
+        lines.append("  in no present section")
+    if d["block"]:
+        blk = d["block"]
+        lines.append(f"  block {blk['id']}: {blk['state']}, node {blk['node']}, zone "
+                     f"{blk['zone']}, recorded vmemmap pages {blk['vmemmap_pages']}")
+    if d["self_hosted_range"]:
+        r = d["self_hosted_range"]
+        lines.append(f"  inside block {r['block']}'s self-hosted vmemmap "
+                     f"[{r['start_pfn']:#x}, {r['start_pfn'] + r['nr_pages']:#x})")
+    for h in d["holds_struct_pages_of"]:
+        lines.append(f"  this frame holds the struct pages of pfns {h['first_pfn']:#x}-"
+                     f"{h['first_pfn'] + h['count'] - 1:#x} ({h['kind']})")
+    sp = d.get("struct_page")
+    if sp:
+        where = "unmapped" if sp["frame"] is None else f"frame {sp['frame']:#x}"
+        lines.append(f"  its struct page: {sp['address']:#x} in {where} ({sp['backing']})")
+    page = d.get("page")
+    if isinstance(page, dict):
+        lines.append(f"  flags {page['flags']:#x} ({'|'.join(page['flag_names']) or '-'}); "
+                     f"type {page['type']}; refcount {page['refcount']}; "
+                     f"mapping {page['mapping']:#x}")
+    elif page:
+        lines.append(f"  struct page: {page}")
+    return d, "\n".join(lines)

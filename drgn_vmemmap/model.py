@@ -1,0 +1,208 @@
+"""
+Model
+-----
+
+Sections and memory blocks as plain records, built on drgn's SPARSEMEM and
+memory-block helpers.  Reading a block or section that a filtered dump lacks
+does not raise: the record says so.
+"""
+
+from typing import Dict, Iterator, List, NamedTuple, Optional
+
+from drgn import FaultError, Object, ObjectNotFoundError, Program
+from drgn.helpers.common.prog import takes_program_or_default
+from drgn.helpers.linux.mm import (
+    decode_memory_block_state_value,
+    for_each_memory_block,
+)
+from drgn.helpers.linux.mmzone import for_each_present_section
+
+from .features import Features, features
+
+__all__ = (
+    "Altmap",
+    "Block",
+    "MemoryMap",
+    "Section",
+    "memory_map",
+)
+
+
+class Section(NamedTuple):
+    """A present SPARSEMEM section (``struct mem_section``)."""
+
+    nr: int
+    address: int
+    start_pfn: int
+    nr_pages: int
+    #: The flag bits of ``section_mem_map``.
+    flags: int
+    #: The encoded mem_map: ``struct page`` address of pfn 0 as this section
+    #: sees it (equal to ``vmemmap`` under SPARSEMEM_VMEMMAP).
+    mem_map: int
+    flag_names: List[str]
+
+    def has(self, name: str) -> bool:
+        return name in self.flag_names
+
+    @property
+    def end_pfn(self) -> int:
+        return self.start_pfn + self.nr_pages
+
+
+class Altmap(NamedTuple):
+    """``struct vmem_altmap`` (6.6+) or the 5.13-6.5 ``nr_vmemmap_pages`` as one."""
+
+    base_pfn: int
+    end_pfn: int  # inclusive, as in the kernel
+    reserve: int
+    free: int
+    alloc: int
+    align: int
+
+
+class Block(NamedTuple):
+    """A memory block (``struct memory_block``)."""
+
+    id: int
+    address: int
+    #: ``MEM_ONLINE``, ``MEM_OFFLINE``, ... or ``"?"`` if unreadable.
+    state: str
+    nid: Optional[int]
+    zone: Optional[str]
+    start_section_nr: Optional[int]
+    start_pfn: int
+    nr_pages: int
+    #: Pages at the start of the block that the kernel says hold its memmap
+    #: (``nr_vmemmap_pages``; ``altmap->free`` from 6.6), 0 if none, None if
+    #: unknown (no accounting, or unreadable).
+    vmemmap_pages: Optional[int]
+    altmap: Optional[Altmap]
+    #: Why the block could not be read, or None.
+    error: Optional[str]
+
+    @property
+    def end_pfn(self) -> int:
+        return self.start_pfn + self.nr_pages
+
+    @property
+    def online(self) -> bool:
+        return self.state == "MEM_ONLINE"
+
+
+class MemoryMap(NamedTuple):
+    """Everything :func:`memory_map` found."""
+
+    features: Features
+    sections: Dict[int, Section]
+    blocks: Dict[int, Block]
+    #: Problems that did not stop the walk (unreadable objects).
+    errors: List[str]
+
+    def section_of(self, pfn: int) -> Optional[Section]:
+        return self.sections.get(pfn >> (self.features.section_size_bits
+                                         - self.features.page_shift))
+
+    def block_of(self, pfn: int) -> Optional[Block]:
+        return self.blocks.get(pfn // self.features.pages_per_block)
+
+    def block_sections(self, block: Block) -> Iterator[Section]:
+        per = self.features.sections_per_block
+        for nr in range(block.id * per, (block.id + 1) * per):
+            if nr in self.sections:
+                yield self.sections[nr]
+
+
+def _flag_names(flags: int, masks: Dict[str, int]) -> List[str]:
+    return [name for name, mask in masks.items() if flags & mask]
+
+
+def _zone_name(zone: Object) -> Optional[str]:
+    if not zone:
+        return None
+    try:
+        return zone.name.string_().decode()
+    except FaultError:
+        return "?"
+
+
+def read_block(prog: Program, mem: Object, f: Features) -> Block:
+    """Build a :class:`Block` from a ``struct memory_block *``."""
+    address = mem.value_()
+    bid = -1
+    try:
+        bid = mem.dev.id.value_()
+        start_nr = mem.start_section_nr.value_()
+        state = decode_memory_block_state_value(prog, mem.state.value_())
+        nid = mem.nid.value_()
+        zone = _zone_name(mem.zone.read_()) if mem.type_.type.has_member("zone") else None
+        altmap = None
+        vmemmap_pages: Optional[int] = None
+        start_pfn = start_nr << (f.section_size_bits - f.page_shift)
+        if f.block_accounting == "altmap":
+            ptr = mem.altmap.read_()
+            if ptr:
+                a = ptr[0].read_()
+                altmap = Altmap(a.base_pfn.value_(), a.end_pfn.value_(),
+                                a.reserve.value_(), a.free.value_(), a.alloc.value_(),
+                                a.align.value_())
+                vmemmap_pages = altmap.free
+            else:
+                vmemmap_pages = 0
+        elif f.block_accounting == "nr_vmemmap_pages":
+            vmemmap_pages = mem.nr_vmemmap_pages.value_()
+            if vmemmap_pages:
+                # Linux kernel commit a08a2ae34613 ("mm,memory_hotplug: allocate
+                # memmap from the added memory range") (in v5.13): the altmap
+                # lived on the stack; only the count of pages it handed out
+                # survives, always from the block's first pfn.
+                altmap = Altmap(start_pfn, start_pfn + f.pages_per_block - 1, 0,
+                                vmemmap_pages, vmemmap_pages, 0)
+        return Block(bid, address, state, nid, zone, start_nr, start_pfn,
+                     f.pages_per_block, vmemmap_pages, altmap, None)
+    except (FaultError, KeyError, ValueError) as e:
+        start_pfn = bid * f.pages_per_block if bid >= 0 else 0
+        return Block(bid, address, "?", None, None, None, start_pfn, f.pages_per_block,
+                     None, None, f"memory_block at {address:#x}: {e}")
+
+
+@takes_program_or_default
+def memory_map(prog: Program, vmemmap_page_type: Optional[int] = None) -> MemoryMap:
+    """
+    Walk ``mem_section`` and the memory blocks.
+
+    :param vmemmap_page_type: see :func:`~drgn_vmemmap.features.features`.
+    """
+    f = features(prog, vmemmap_page_type)
+    masks = f.section_flags.masks
+    map_mask = f.section_flags.map_mask
+    pages_per_section = f.pages_per_section
+    errors: List[str] = []
+
+    sections: Dict[int, Section] = {}
+    try:
+        for nr, ms in for_each_present_section(prog):
+            try:
+                value = ms.section_mem_map.value_()
+            except FaultError as e:
+                errors.append(f"section {nr}: {e}")
+                continue
+            flags = value & ~map_mask & 0xFFFFFFFFFFFFFFFF
+            sections[nr] = Section(nr, ms.value_(), nr * pages_per_section,
+                                   pages_per_section, flags, value & map_mask,
+                                   _flag_names(flags, masks))
+    except FaultError as e:
+        errors.append(f"mem_section: {e}")
+
+    blocks: Dict[int, Block] = {}
+    try:
+        for mem in for_each_memory_block(prog):
+            b = read_block(prog, mem, f)
+            if b.error:
+                errors.append(b.error)
+            blocks[b.id] = b
+    except FaultError as e:
+        errors.append(f"memory block list: {e}")
+    except ObjectNotFoundError:
+        errors.append("this kernel has no memory blocks (CONFIG_MEMORY_HOTPLUG is off)")
+    return MemoryMap(f, sections, blocks, errors)

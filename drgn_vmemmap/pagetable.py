@@ -1,0 +1,263 @@
+"""
+Page Tables
+-----------
+
+Translate kernel virtual ranges to physical addresses by walking the kernel
+page tables (``init_mm.pgd``) in bulk.  On x86-64 every page-table page is read
+with one physical :meth:`drgn.Program.read` and decoded with numpy, so a
+vmemmap range costs one read per table, not one drgn call per page.  Other
+architectures fall back to drgn's :func:`~drgn.helpers.linux.mm.follow_phys`
+once per page (slow, but correct wherever drgn can translate).
+
+The result is a list of :class:`Mapping` runs, coalesced where the physical
+side is contiguous, or where every page maps the *same* frame (the HugeTLB
+vmemmap optimisation remaps a folio's tail vmemmap pages onto one page).
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Union
+
+import numpy as np
+from drgn import Architecture, FaultError, Program
+from drgn.helpers.common.prog import takes_program_or_default
+from drgn.helpers.linux.boot import pgtable_l5_enabled
+from drgn.helpers.linux.mm import follow_phys
+
+__all__ = (
+    "Mapping",
+    "PageTableWalker",
+    "translate",
+)
+
+_PRESENT = 1 << 0  # _PAGE_PRESENT
+_PSE = 1 << 7  # _PAGE_PSE: a PUD or PMD entry that is a leaf
+_ENTRIES = 512
+_TABLE_BYTES = _ENTRIES * 8
+
+
+class Mapping(NamedTuple):
+    """A run of virtual addresses that translates uniformly."""
+
+    #: First virtual address of the run.
+    va: int
+    #: Physical address of ``va``, or None when ``status`` is not "mapped".
+    pa: Optional[int]
+    #: Length of the run in bytes.
+    size: int
+    #: ``"mapped"``, ``"unmapped"`` (an entry on the way is not present) or
+    #: ``"unreadable"`` (a page-table page is missing from the dump, so
+    #: whether it is mapped is unknown).
+    status: str = "mapped"
+    #: 0 for a linear run (``va + i`` maps ``pa + i``).  Otherwise the run is
+    #: made of ``alias``-byte pieces that all map ``[pa, pa + alias)``.
+    alias: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.va + self.size
+
+
+def _append(out: List[Mapping], m: Mapping) -> None:
+    """Append ``m`` to ``out``, merging it into the last run when contiguous."""
+    if out:
+        last = out[-1]
+        if last.va + last.size == m.va and last.status == m.status:
+            size = last.size + m.size
+            if m.status != "mapped":
+                out[-1] = last._replace(size=size)
+                return
+            # The size of one aliased piece on each side (0: linear run).
+            a = last.alias or last.size
+            b = m.alias or m.size
+            if not last.alias and not m.alias and last.pa + last.size == m.pa:
+                out[-1] = last._replace(size=size)
+                return
+            if a == b and last.pa == m.pa:
+                out[-1] = last._replace(size=size, alias=a)
+                return
+            if not last.alias and last.size > b and last.pa + last.size - b == m.pa:
+                # The linear run ends on the piece that m repeats: move that
+                # piece into an aliased run, as one table's runs would be.
+                out[-1] = last._replace(size=last.size - b)
+                m = Mapping(m.va - b, m.pa, m.size + b, "mapped", b)
+    out.append(m)
+
+
+def _segments(kind: np.ndarray, pa: np.ndarray, size: int) -> List[tuple]:
+    """
+    Split one table's entries into runs: ``(first, last + 1, kind, alias)``.
+
+    ``kind`` is 0 (not present), 1 (leaf) or 2 (next-level table); tables are
+    runs of one.  Leaves that map the same frame as a neighbour form aliased
+    runs first (a HugeTLB-optimised folio's vmemmap is one run); the other
+    leaves run while physically contiguous.
+    """
+    n = len(kind)
+    if n == 1:
+        return [(0, 1, int(kind[0]), False)]
+    leaf = kind == 1
+    both = leaf[1:] & leaf[:-1]
+    same = np.zeros(n + 1, dtype=bool)
+    same[1:n] = both & (pa[1:] == pa[:-1])
+    chain = same[:n] | same[1:]
+    join = np.zeros(n, dtype=bool)
+    join[1:] = (same[1:n]
+                | (both & (pa[1:] == pa[:-1] + size) & ~chain[1:] & ~chain[:-1])
+                | ((kind[1:] == 0) & (kind[:-1] == 0)))
+    firsts = np.flatnonzero(~join)
+    ends = np.append(firsts[1:], n)
+    out = []
+    for a, b in zip(firsts.tolist(), ends.tolist()):
+        k = int(kind[a])
+        out.append((a, b, k, k == 1 and b - a > 1 and bool(pa[a + 1] == pa[a])))
+    return out
+
+
+class PageTableWalker:
+    """
+    Walks the kernel page tables of one program (x86-64, 4- or 5-level).
+
+    Page-table pages are cached for the walker's lifetime: make a new walker
+    for each consistent view (a live kernel changes under it).
+    """
+
+    def __init__(self, prog: Program) -> None:
+        self.prog = prog
+        self.l5 = bool(pgtable_l5_enabled(prog))
+        # PGD, (P4D,) PUD, PMD, PTE: the shift each level's entry covers.
+        self.shifts = (48, 39, 30, 21, 12) if self.l5 else (39, 30, 21, 12)
+        # CONFIG_DYNAMIC_PHYSICAL_MASK kernels keep the usable physical
+        # address bits (without the SME/SEV C-bit or the TDX shared bit) in
+        # physical_mask; otherwise it is __PHYSICAL_MASK_SHIFT = 52 bits.
+        try:
+            physical_mask = prog["physical_mask"].value_()
+        except (KeyError, LookupError, FaultError):
+            physical_mask = (1 << 52) - 1
+        self.physical_mask = physical_mask
+        self.pgd = prog["init_mm"].pgd.value_()
+        self._tables: Dict[int, Union[np.ndarray, FaultError]] = {}
+        self.tables_read = 0
+
+    def _table(self, address: int, physical: bool) -> Union[np.ndarray, FaultError]:
+        key = address if physical else -address
+        try:
+            return self._tables[key]
+        except KeyError:
+            pass
+        try:
+            data = self.prog.read(address, _TABLE_BYTES, physical)
+            table: Union[np.ndarray, FaultError] = np.frombuffer(data, dtype="<u8")
+            self.tables_read += 1
+        except FaultError as e:
+            table = e
+        self._tables[key] = table
+        return table
+
+    def translate(self, start: int, length: int) -> List[Mapping]:
+        """Translate ``[start, start + length)``; see :func:`translate`."""
+        out: List[Mapping] = []
+        if length <= 0:
+            return out
+        top = self.shifts[0] + 9
+        base = start & ~((1 << top) - 1) & 0xFFFFFFFFFFFFFFFF
+        end = start + length
+        if (end - 1) & ~((1 << top) - 1) & 0xFFFFFFFFFFFFFFFF != base:
+            raise ValueError("range crosses the top of the address space")
+        # The top level is in the kernel image; let drgn translate it.
+        self._walk(self._table(self.pgd, False), 0, base, start, end, out)
+        return out
+
+    def _walk(self, table: Union[np.ndarray, FaultError], level: int, base: int,
+              lo: int, hi: int, out: List[Mapping]) -> None:
+        if isinstance(table, FaultError):
+            _append(out, Mapping(lo, None, hi - lo, "unreadable"))
+            return
+        shift = self.shifts[level]
+        size = 1 << shift
+        i0 = (lo - base) >> shift
+        i1 = (hi - base + size - 1) >> shift
+        e = table[i0:i1]
+        present = (e & _PRESENT) != 0
+        if shift == 12:
+            leaf = present
+        elif shift in (30, 21):
+            leaf = present & ((e & _PSE) != 0)
+        else:
+            leaf = np.zeros(len(e), dtype=bool)
+        kind = np.where(leaf, 1, np.where(present, 2, 0))
+        # Large leaves: bit 12 is _PAGE_PAT_LARGE, so mask from the leaf size.
+        leaf_mask = self.physical_mask & ~(size - 1)
+        table_mask = self.physical_mask & ~0xFFF
+        pa = e & np.uint64(leaf_mask if shift != 48 and shift != 39 else table_mask)
+        for a, b, k, alias in _segments(kind, pa, size):
+            va0 = max(base + ((i0 + a) << shift), lo)
+            va1 = min(base + ((i0 + b) << shift), hi)
+            if k == 0:
+                _append(out, Mapping(va0, None, va1 - va0, "unmapped"))
+            elif k == 2:
+                child = self._table(int(e[a]) & table_mask, True)
+                self._walk(child, level + 1, base + ((i0 + a) << shift), va0, va1, out)
+            elif not alias:
+                first = base + ((i0 + a) << shift)
+                _append(out, Mapping(va0, int(pa[a]) + (va0 - first), va1 - va0))
+            else:
+                # Every entry maps the same frame; a clipped first or last
+                # entry is emitted on its own, linearly.
+                frame = int(pa[a])
+                full0 = base + ((i0 + a) << shift)
+                full1 = base + ((i0 + b) << shift)
+                if va0 != full0:
+                    cut = full0 + size
+                    _append(out, Mapping(va0, frame + (va0 - full0), cut - va0))
+                    va0 = cut
+                tail = None
+                if va1 != full1:
+                    tail = Mapping(full1 - size, frame, va1 - (full1 - size))
+                    va1 = full1 - size
+                if va1 > va0:
+                    _append(out, Mapping(va0, frame, va1 - va0, "mapped",
+                                         size if va1 - va0 > size else 0))
+                if tail is not None:
+                    _append(out, tail)
+
+
+def _follow_phys_translate(prog: Program, start: int, length: int) -> List[Mapping]:
+    # Slow path: one drgn translation per page.  drgn raises FaultError at
+    # the requested address when an entry is not present, and at the
+    # page-table address when a table cannot be read.
+    mm = prog["init_mm"].address_of_()
+    page = prog["PAGE_SIZE"].value_()
+    out: List[Mapping] = []
+    va = start
+    end = start + length
+    while va < end:
+        nxt = min((va | (page - 1)) + 1, end)
+        try:
+            m = Mapping(va, follow_phys(mm, va).value_(), nxt - va)
+        except FaultError as e:
+            m = Mapping(va, None, nxt - va, "unmapped" if e.address == va else "unreadable")
+        _append(out, m)
+        va = nxt
+    return out
+
+
+@takes_program_or_default
+def translate(prog: Program, start: int, length: int, slow: bool = False) -> List[Mapping]:
+    """
+    Translate the kernel virtual range ``[start, start + length)``.
+
+    >>> translate(prog, prog["vmemmap_base"].value_(), 4 << 20)
+    [Mapping(va=0xffffea0000000000, pa=0x1f600000, size=2097152, ...), ...]
+
+    On x86-64 the page tables are walked in bulk (PUD 1 GiB and PMD 2 MiB
+    leaves, PTE tables; NX and software bits are ignored).  Elsewhere, or
+    with ``slow``, each page goes through
+    :func:`~drgn.helpers.linux.mm.follow_phys`.
+
+    :param start: ``void *``
+    :param length: bytes.
+    :param slow: Use ``follow_phys()`` per page even on x86-64.
+    :return: Runs covering the range in order, coalesced where contiguous.
+    """
+    if slow or prog.platform is None or prog.platform.arch != Architecture.X86_64:
+        return _follow_phys_translate(prog, start, length)
+    return PageTableWalker(prog).translate(start, length)

@@ -1,0 +1,176 @@
+"""
+Reports
+-------
+
+Typed results of a check and their renderings: a table for people (tabulate)
+and JSON (``"schema": 1``) for scripts.  The JSON field names are a contract;
+see the README.
+"""
+
+import json
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional
+
+__all__ = (
+    "NotChecked",
+    "Range",
+    "Report",
+    "SCHEMA",
+    "Violation",
+    "coalesce_pfns",
+    "exit_status",
+    "render_json",
+    "render_table",
+)
+
+SCHEMA = 1
+
+
+class Range(NamedTuple):
+    """A self-hosted vmemmap range found from the page tables."""
+
+    block: int
+    start_pfn: int
+    nr_pages: int
+    state: str
+    node: Optional[int]
+    zone: Optional[str]
+
+
+class Violation(NamedTuple):
+    """A broken invariant over a coalesced pfn range ``[pfn_start, pfn_end)``."""
+
+    rule: str
+    severity: str  # "error" | "warning"
+    pfn_start: int
+    pfn_end: int
+    section: Optional[int]
+    block: Optional[int]
+    expected: str
+    found: str
+    message: str
+
+
+class NotChecked(NamedTuple):
+    """A rule that could not be decided somewhere, and why."""
+
+    rule: str
+    reason: str
+    pfn_start: Optional[int] = None
+    pfn_end: Optional[int] = None
+
+
+class Report(NamedTuple):
+    target: Dict[str, Any]
+    features: Dict[str, Any]
+    ranges: List[Range]
+    violations: List[Violation]
+    not_checked: List[NotChecked]
+    #: Struct-page ranges missing from the dump: [pfn_start, pfn_end) pairs.
+    unreadable: List[List[int]]
+    #: Rules that ran, and on how many ranges each held.
+    holds: Dict[str, int]
+    stats: Dict[str, Any]
+    blocks: List[Dict[str, Any]]
+
+    def errors(self) -> List[Violation]:
+        return [v for v in self.violations if v.severity == "error"]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "target": self.target,
+            "features": self.features,
+            "ranges": [r._asdict() for r in self.ranges],
+            "violations": [v._asdict() for v in self.violations],
+            "not_checked": [n._asdict() for n in self.not_checked],
+            "unreadable": self.unreadable,
+            "holds": self.holds,
+            "blocks": self.blocks,
+            "stats": self.stats,
+        }
+
+
+def exit_status(report: Report) -> int:
+    """0 when no error-severity violation was found, 1 otherwise."""
+    return 1 if report.errors() else 0
+
+
+def coalesce_pfns(pfns: Iterable[int]) -> List[List[int]]:
+    """Sorted pfns -> ``[[start, end), ...]``."""
+    out: List[List[int]] = []
+    for pfn in sorted(pfns):
+        if out and out[-1][1] == pfn:
+            out[-1][1] = pfn + 1
+        else:
+            out.append([pfn, pfn + 1])
+    return out
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2, sort_keys=False)
+
+
+def _pfns(start: Optional[int], end: Optional[int]) -> str:
+    if start is None:
+        return "-"
+    if end is None or end == start + 1:
+        return f"{start:#x}"
+    return f"{start:#x}-{end - 1:#x} ({end - start})"
+
+
+def render_table(report: Report) -> str:
+    from tabulate import tabulate
+
+    t = report.target
+    f = report.features
+    lines = [
+        f"{t.get('kind')} {t.get('release')} ({t.get('arch')}); markers: "
+        f"{', '.join(f.get('marker') or []) or 'none'}; page_type: {f.get('page_type')}; "
+        f"block accounting: {f.get('block_accounting')}; memmap_on_memory: "
+        f"{f.get('memmap_on_memory')}",
+        "",
+    ]
+    rows = []
+    for b in report.blocks:
+        if not b.get("hotplugged") and not b.get("self_hosted_pages"):
+            continue
+        rows.append([b["block"], b["state"], b.get("node"), b.get("zone") or "-",
+                     _pfns(b["start_pfn"], b["start_pfn"] + b["nr_pages"]),
+                     b.get("recorded_vmemmap_pages"), b.get("self_hosted_pages"),
+                     b.get("verdict")])
+    boot = sum(1 for b in report.blocks if not b.get("hotplugged"))
+    if rows:
+        lines.append(tabulate(rows, headers=["block", "state", "node", "zone", "pfns",
+                                             "recorded", "self-hosted", "verdict"]))
+    else:
+        lines.append("no hot-plugged memory blocks")
+    lines.append(f"({boot} boot blocks not listed: their memmap is boot-allocated)")
+    by_rule: Dict[str, List[Violation]] = {}
+    for v in report.violations:
+        by_rule.setdefault(v.rule, []).append(v)
+    for rule in sorted(by_rule):
+        lines += ["", f"{rule}: {len(by_rule[rule])} violation(s)"]
+        lines.append(tabulate(
+            [[v.severity, _pfns(v.pfn_start, v.pfn_end),
+              "-" if v.section is None else v.section, "-" if v.block is None else v.block,
+              v.expected, v.found] for v in by_rule[rule]],
+            headers=["severity", "pfns", "section", "block", "expected", "found"]))
+    if report.not_checked:
+        lines += ["", "not checked:"]
+        seen: Dict[tuple, int] = {}
+        for n in report.not_checked:
+            seen[(n.rule, n.reason)] = seen.get((n.rule, n.reason), 0) + 1
+        for (rule, reason), count in sorted(seen.items()):
+            lines.append(f"  {rule}: {reason}" + (f" ({count} ranges)" if count > 1 else ""))
+    if report.unreadable:
+        total = sum(e - s for s, e in report.unreadable)
+        lines += ["", f"unreadable: {total} struct pages missing from the dump in "
+                      f"{len(report.unreadable)} range(s) (not counted as violations)"]
+    s = report.stats
+    nerr = len(report.errors())
+    nwarn = len(report.violations) - nerr
+    lines += ["", f"{'CONSISTENT' if not nerr else 'VIOLATIONS'}: {nerr} error(s), "
+                  f"{nwarn} warning(s); {s.get('sections')} sections, {s.get('blocks')} "
+                  f"blocks, {s.get('pages_scanned')} struct pages scanned in "
+                  f"{s.get('seconds', 0):.2f} s"]
+    return "\n".join(lines)

@@ -1,0 +1,512 @@
+"""
+Rules
+-----
+
+The invariants of DESIGN.md's rule catalogue, each a small generator over a
+:class:`Context` that yields :class:`~drgn_vmemmap.report.Violation`,
+:class:`~drgn_vmemmap.report.NotChecked` or :class:`Holds` records.  Every
+rule on every range ends as one of the three.
+"""
+
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Union
+
+import numpy as np
+
+from .report import NotChecked, Violation
+
+__all__ = ("Holds", "RULES", "Result")
+
+
+class Holds(NamedTuple):
+    rule: str
+    count: int = 1
+
+
+Result = Union[Violation, NotChecked, Holds]
+
+STATE_NAMES = {
+    "MEM_ONLINE": "online", "MEM_OFFLINE": "offline", "MEM_GOING_OFFLINE": "going-offline",
+    "MEM_GOING_ONLINE": "going-online", "MEM_CANCEL_ONLINE": "cancel-online",
+    "MEM_CANCEL_OFFLINE": "cancel-offline", "MEM_PREPARE_ONLINE": "prepare-online",
+    "MEM_FINISH_OFFLINE": "finish-offline",
+}
+
+
+def state_name(state: str) -> str:
+    return STATE_NAMES.get(state, state.lower())
+
+
+def _v(rule: str, start: int, end: int, expected: str, found: str, message: str,
+       section: Optional[int] = None, block: Optional[int] = None,
+       severity: str = "error") -> Violation:
+    return Violation(rule, severity, start, end, section, block, expected, found, message)
+
+
+def _runs(mask: np.ndarray, base: int) -> List[List[int]]:
+    """Coalesced ``[start, end)`` pfn runs where ``mask`` is true."""
+    if not mask.any():
+        return []
+    m = np.concatenate(([False], mask, [False])).astype(np.int8)
+    d = np.diff(m)
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1)
+    return [[base + int(s), base + int(e)] for s, e in zip(starts, ends)]
+
+
+# --- block-geometry ----------------------------------------------------------
+
+
+def block_geometry(ctx) -> Iterator[Result]:
+    rule = "block-geometry"
+    mm, f = ctx.mm, ctx.features
+    spb = f.sections_per_block
+    xa = ctx.xarray_blocks()
+    for b in mm.blocks.values():
+        if b.error:
+            yield NotChecked(rule, f"block {b.id} unreadable: {b.error}", b.start_pfn, b.end_pfn)
+            continue
+        ok = True
+        if b.start_section_nr != b.id * spb:
+            ok = False
+            yield _v(rule, b.start_pfn, b.end_pfn, f"start_section_nr {b.id * spb}",
+                     f"start_section_nr {b.start_section_nr}",
+                     f"block {b.id} does not start at its own section", block=b.id)
+        if xa is None:
+            pass
+        elif xa.get(b.id) != b.address:
+            ok = False
+            found = xa.get(b.id)
+            yield _v(rule, b.start_pfn, b.end_pfn, f"memory_blocks[{b.id}] = {b.address:#x}",
+                     "absent" if found is None else f"{found:#x}",
+                     f"the memory_blocks xarray does not map block {b.id} to its device",
+                     block=b.id)
+        if ok:
+            yield Holds(rule)
+    if xa is None:
+        yield NotChecked(rule, "memory_blocks xarray not readable")
+    for s in mm.sections.values():
+        bid = s.nr // spb
+        if not s.has("IS_EARLY") and bid not in mm.blocks:
+            yield _v(rule, s.start_pfn, s.end_pfn, f"a memory block {bid}", "none",
+                     f"hot-plugged section {s.nr} belongs to no memory block",
+                     section=s.nr, block=bid)
+        if s.has("HAS_MEM_MAP") and s.mem_map != f.vmemmap_base:
+            yield _v(rule, s.start_pfn, s.end_pfn, f"mem_map {f.vmemmap_base:#x}",
+                     f"mem_map {s.mem_map:#x}",
+                     f"section {s.nr}'s encoded mem_map is not the vmemmap base",
+                     section=s.nr, block=bid)
+
+
+# --- section-state -------------------------------------------------------------
+
+
+def section_state(ctx) -> Iterator[Result]:
+    rule = "section-state"
+    mm = ctx.mm
+    for b in mm.blocks.values():
+        if b.error:
+            continue
+        if b.state not in ("MEM_ONLINE", "MEM_OFFLINE"):
+            yield NotChecked(rule, f"block {b.id} is {state_name(b.state)} (transient)",
+                             b.start_pfn, b.end_pfn)
+            continue
+        want_online = b.state == "MEM_ONLINE"
+        bad = False
+        per = ctx.features.pages_per_section
+        for nr in range(b.id * ctx.features.sections_per_block,
+                        (b.id + 1) * ctx.features.sections_per_block):
+            s = mm.sections.get(nr)
+            start = nr * per
+            if s is None or not s.has("HAS_MEM_MAP"):
+                bad = True
+                yield _v(rule, start, start + per, "present with a mem_map",
+                         "absent" if s is None else "|".join(s.flag_names),
+                         f"section {nr} of {state_name(b.state)} block {b.id} has no memmap",
+                         section=nr, block=b.id)
+                continue
+            if s.has("IS_ONLINE") != want_online:
+                bad = True
+                yield _v(rule, s.start_pfn, s.end_pfn,
+                         "SECTION_IS_ONLINE" if want_online else "no SECTION_IS_ONLINE",
+                         "|".join(s.flag_names),
+                         f"section {nr} disagrees with {state_name(b.state)} block {b.id}",
+                         section=nr, block=b.id)
+        if not bad:
+            yield Holds(rule)
+
+
+# --- early-self-hosted -----------------------------------------------------------
+
+
+_EARLY_FLAGS = ("IS_EARLY", "IS_VMEMMAP_PREINIT", "TAINT_ZONE_DEVICE")
+
+
+def early_self_hosted(ctx) -> Iterator[Result]:
+    rule = "early-self-hosted"
+    mm = ctx.mm
+    if ctx.features.block_accounting == "none":
+        yield NotChecked(rule, "this kernel's memory blocks record no vmemmap pages")
+        return
+    for b in mm.blocks.values():
+        if b.error or b.vmemmap_pages is None:
+            continue
+        tainted = [(s, [n for n in _EARLY_FLAGS if s.has(n)]) for s in mm.block_sections(b)]
+        tainted = [(s, names) for s, names in tainted if names]
+        if b.vmemmap_pages and tainted:
+            s, names = tainted[0]
+            yield _v(rule, b.start_pfn, b.start_pfn + b.vmemmap_pages,
+                     "no vmemmap pages on a block with early sections",
+                     f"{b.vmemmap_pages} vmemmap pages; section {s.nr} is "
+                     + "|".join("SECTION_" + n for n in names),
+                     f"block {b.id} records vmemmap pages but its memmap was allocated at boot",
+                     section=s.nr, block=b.id)
+        else:
+            yield Holds(rule)
+
+
+# --- altmap-mismatch -----------------------------------------------------------
+
+
+def altmap_mismatch(ctx) -> Iterator[Result]:
+    rule = "altmap-mismatch"
+    mm, f = ctx.mm, ctx.features
+    if f.block_accounting == "none":
+        yield NotChecked(rule, "this kernel's memory blocks record no vmemmap pages")
+        return
+    for b in mm.blocks.values():
+        if b.error or b.vmemmap_pages is None or not ctx.is_hotplugged(b):
+            continue
+        if ctx.backing_unreadable(b):
+            yield NotChecked(rule, f"page tables of block {b.id}'s memmap missing from the dump",
+                             b.start_pfn, b.end_pfn)
+            continue
+        found = ctx.self_hosted_pages(b.id)
+        a = b.altmap
+        problems = []
+        if a is None:
+            if found:
+                problems.append(("no vmemmap pages recorded", f"{found} self-hosted frames"))
+        else:
+            alloc_ok = a.alloc == found
+            if not alloc_ok:
+                what = "alloc" if f.block_accounting == "altmap" else "nr_vmemmap_pages"
+                problems.append((f"{what} = {found} (frames backing the block's struct pages)",
+                                 f"{what} = {a.alloc}"))
+            if f.block_accounting == "altmap":
+                if a.base_pfn != b.start_pfn:
+                    problems.append((f"base_pfn = {b.start_pfn:#x}", f"base_pfn = {a.base_pfn:#x}"))
+                if a.end_pfn != b.end_pfn - 1:
+                    problems.append((f"end_pfn = {b.end_pfn - 1:#x}", f"end_pfn = {a.end_pfn:#x}"))
+                if a.reserve != 0:
+                    problems.append(("reserve = 0", f"reserve = {a.reserve}"))
+                if a.free < a.alloc or (a.free != a.alloc and ctx.features.memmap_on_memory != "force"):
+                    problems.append((f"free = {a.alloc}" + (" (+ pageblock padding in force mode)"
+                                                            if f.memmap_on_memory == "force" else ""),
+                                     f"free = {a.free}"))
+        if problems:
+            n = max(found, a.free if a else 0, a.alloc if a else 0, 1)
+            yield _v(rule, b.start_pfn, b.start_pfn + n, "; ".join(p[0] for p in problems),
+                     "; ".join(p[1] for p in problems),
+                     f"block {b.id}'s vmemmap record disagrees with the page tables",
+                     section=b.start_section_nr, block=b.id)
+        else:
+            yield Holds(rule)
+
+
+# --- vmemmap-unbacked / cross-hosted (page-table extents) ----------------------
+
+
+def vmemmap_unbacked(ctx) -> Iterator[Result]:
+    rule = "vmemmap-unbacked"
+    bad = 0
+    for e in ctx.extents():
+        if e.kind == "unbacked":
+            bad += 1
+            yield _v(rule, e.described_start_pfn, e.described_end_pfn, "struct pages mapped",
+                     "no page-table entry",
+                     "struct pages of present pfns are not mapped by the kernel page tables",
+                     section=ctx.section_nr(e.described_start_pfn),
+                     block=ctx.block_id(e.described_start_pfn))
+        elif e.kind == "unreadable":
+            yield NotChecked(rule, "page tables missing from the dump",
+                             e.described_start_pfn, e.described_end_pfn)
+    if not bad:
+        yield Holds(rule)
+
+
+def cross_hosted(ctx) -> Iterator[Result]:
+    rule = "cross-hosted"
+    ranges = ctx.self_hosted_by_block()
+    bad = 0
+    for e in ctx.extents():
+        if e.kind in ("unbacked", "unreadable", "self-hosted"):
+            continue
+        owner = ctx.block_id(e.described_start_pfn)
+        host = e.host_block
+        fstart, fend = e.frame_start_pfn, e.frame_start_pfn + e.nr_frames
+        inside = None
+        for r in ranges.values():
+            if r.block != owner and fstart < r.start_pfn + r.nr_pages and r.start_pfn < fend:
+                inside = r
+        if inside is not None:
+            bad += 1
+            yield _v(rule, e.described_start_pfn, e.described_end_pfn,
+                     "struct pages backed outside other blocks' self-hosted ranges",
+                     f"frames {fstart:#x}-{fend - 1:#x} inside block {inside.block}'s vmemmap",
+                     f"block {owner}'s memmap is hosted by block {inside.block}'s self-hosted pages",
+                     section=ctx.section_nr(e.described_start_pfn), block=owner)
+        elif e.kind == "other-block":
+            bad += 1
+            yield _v(rule, e.described_start_pfn, e.described_end_pfn,
+                     "memmap not hosted by another hot-pluggable block",
+                     f"frames {fstart:#x}-{fend - 1:#x} in block {host}",
+                     f"block {owner}'s memmap lives in hot-pluggable block {host}: removing "
+                     f"{host} would pull it away", section=ctx.section_nr(e.described_start_pfn),
+                     block=owner, severity="warning")
+    if not bad:
+        yield Holds(rule)
+
+
+# --- page-state rules over scanned struct pages ----------------------------------
+
+
+def _marker_masks(ctx, cols) -> Dict[str, np.ndarray]:
+    """Per self-hosted marker the kernel has: which pages carry it."""
+    f = ctx.features
+    out = {}
+    if "PG_vmemmap_self_hosted" in f.markers:
+        bit = f.page_flags["PG_vmemmap_self_hosted"]
+        out["PG_vmemmap_self_hosted"] = ((cols.flags >> np.uint64(bit)) & np.uint64(1)).astype(bool)
+    for name in ("PGTY_vmemmap", "PG_vmemmap"):
+        if name in f.markers:
+            out[name] = ctx.type_is(cols, "vmemmap")
+    return out
+
+
+def vmemmap_unmarked(ctx) -> Iterator[Result]:
+    rule = "vmemmap-unmarked"
+    page_markers = [m for m in ctx.features.markers if not m.startswith("SECTION_")]
+    if not page_markers:
+        yield NotChecked(rule, "scheme absent: this kernel has no per-page self-hosted marker")
+        return
+    for r in ctx.self_hosted_by_block().values():
+        start, end = r.start_pfn, r.start_pfn + r.nr_pages
+        if r.state != "online":
+            yield NotChecked(rule, f"block {r.block} is {r.state}: its memmap is uninitialised",
+                             start, end)
+            continue
+        cols = ctx.scan(start, end)
+        readable = cols.readable
+        if not readable.all():
+            yield NotChecked(rule, "struct pages missing from the dump", start, end)
+        poisoned = cols.flags == np.uint64(0xFFFFFFFFFFFFFFFF)
+        bad_any = False
+        for name, has in _marker_masks(ctx, cols).items():
+            for s, e in _runs(readable & ~has, start):
+                bad_any = True
+                yield _v(rule, s, e, name, "clear",
+                         f"self-hosted vmemmap pages of block {r.block} lack {name}",
+                         section=ctx.section_nr(s), block=r.block)
+        for s, e in _runs(readable & poisoned, start):
+            bad_any = True
+            yield _v(rule, s, e, "initialised struct pages", "poisoned (all ones)",
+                     f"self-hosted vmemmap pages of online block {r.block} are poisoned",
+                     section=ctx.section_nr(s), block=r.block)
+        if not bad_any and readable.any():
+            yield Holds(rule)
+
+
+def vmemmap_page_state(ctx) -> Iterator[Result]:
+    rule = "vmemmap-page-state"
+    f = ctx.features
+    reserved_bit = np.uint64(f.page_flags["PG_reserved"])
+    lru_bit = f.page_flags.get("PG_lru")
+    head_bit = f.page_flags.get("PG_head")
+    # Kernels patched with a vmemmap page type (the 2019 "Allocate memmap from
+    # hotadded memory" series' PG_vmemmap, PGTY_vmemmap on 6.12+ encodings)
+    # give vmemmap pages that type and PG_reserved together, whatever the
+    # release does for hot-plugged memmap otherwise.
+    vmemmap_type = any(m in f.markers for m in ("PGTY_vmemmap", "PG_vmemmap"))
+    for r in ctx.self_hosted_by_block().values():
+        start, end = r.start_pfn, r.start_pfn + r.nr_pages
+        if r.state != "online":
+            yield NotChecked(rule, f"block {r.block} is {r.state}: its memmap is uninitialised",
+                             start, end)
+            continue
+        cols = ctx.scan(start, end)
+        ok = cols.readable & (cols.flags != np.uint64(0xFFFFFFFFFFFFFFFF))
+        reserved = ((cols.flags >> reserved_bit) & np.uint64(1)).astype(bool)
+        if vmemmap_type:
+            # The vmemmap page type is the expected one; its absence is
+            # vmemmap-unmarked's to report, any other type is ours.
+            type_check = ("no page type but vmemmap",
+                          ctx.has_type(cols) & ~ctx.type_is(cols, "vmemmap"),
+                          lambda i: ctx.type_name(cols, i))
+        else:
+            type_check = ("no page type", ctx.has_type(cols), lambda i: ctx.type_name(cols, i))
+        checks = [
+            type_check,
+            ("refcount 1", cols.refcount != 1, lambda i: f"refcount {int(cols.refcount[i])}"),
+            ("no mapping", cols.mapping != 0, lambda i: f"mapping {int(cols.mapping[i]):#x}"),
+            ("not a compound page", (cols.compound_head & np.uint64(1)).astype(bool)
+             | (((cols.flags >> np.uint64(head_bit)) & np.uint64(1)).astype(bool)
+                if head_bit is not None else False),
+             lambda i: "compound"),
+        ]
+        if lru_bit is not None:
+            checks.append(("not on an LRU", ((cols.flags >> np.uint64(lru_bit)) & np.uint64(1))
+                           .astype(bool), lambda i: "PG_lru"))
+        if vmemmap_type:
+            checks.append(("PG_reserved (set with the vmemmap page type)", ~reserved,
+                           lambda i: "PG_reserved clear"))
+        elif f.vmemmap_reserved:
+            checks.append(("PG_reserved", ~reserved, lambda i: "PG_reserved clear"))
+        else:
+            checks.append(("PG_reserved clear (hotplugged memmap is initialised PageOffline "
+                           "since 6.11)", reserved, lambda i: "PG_reserved"))
+        bad_any = False
+        for expected, bad, describe in checks:
+            for s, e in _runs(ok & bad, start):
+                bad_any = True
+                yield _v(rule, s, e, expected, describe(s - start),
+                         f"self-hosted vmemmap page of block {r.block} in the wrong state",
+                         section=ctx.section_nr(s), block=r.block)
+        if not bad_any and ok.any():
+            yield Holds(rule)
+
+
+def marker_stray(ctx) -> Iterator[Result]:
+    """A self-hosted marker outside the self-hosted ranges."""
+    rule = "marker-stray"
+    f = ctx.features
+    if "PG_vmemmap_self_hosted" not in f.markers and not any(
+            m in f.markers for m in ("PGTY_vmemmap", "PG_vmemmap")):
+        yield NotChecked(rule, "scheme absent: this kernel has no per-page self-hosted marker")
+        return
+    swapbacked = f.page_flags.get("PG_swapbacked")
+    inside = ctx.self_hosted_mask_fn()
+    bad = 0
+    for start, end, cols, skip_reason in ctx.scan_all():
+        if skip_reason:
+            yield NotChecked(rule, skip_reason, start, end)
+            continue
+        readable = cols.readable & (cols.flags != np.uint64(0xFFFFFFFFFFFFFFFF))
+        for name, has in _marker_masks(ctx, cols).items():
+            stray = readable & has & ~inside(start, end)
+            if not stray.any():
+                continue
+            if name == "PG_vmemmap_self_hosted":
+                # PG_owner_priv_1 aliases: PG_swapcache (with PG_swapbacked),
+                # PG_checked (filesystems, file mappings), Xen's PG_pinned
+                # (page tables).
+                alias = np.zeros_like(stray)
+                if swapbacked is not None:
+                    alias |= ((cols.flags >> np.uint64(swapbacked)) & np.uint64(1)).astype(bool)
+                file_mapped = (cols.mapping != 0) & ((cols.mapping & np.uint64(3)) == 0)
+                alias |= file_mapped
+                stray &= ~alias
+                maybe = stray & ctx.type_is(cols, "table")
+            else:
+                maybe = np.zeros_like(stray)
+            for s, e in _runs(stray & ~maybe, start):
+                bad += 1
+                yield _v(rule, s, e, f"no {name} outside self-hosted ranges", name,
+                         f"{name} set on pages that do not hold self-hosted memmap",
+                         section=ctx.section_nr(s), block=ctx.block_id(s))
+            for s, e in _runs(maybe, start):
+                bad += 1
+                yield _v(rule, s, e, f"no {name} outside self-hosted ranges",
+                         f"{name} on page-table pages (Xen PG_pinned alias?)",
+                         f"{name} set on page-table pages: may be Xen's PG_pinned",
+                         section=ctx.section_nr(s), block=ctx.block_id(s), severity="warning")
+    if not bad:
+        yield Holds(rule)
+
+
+def section_marker(ctx) -> Iterator[Result]:
+    """
+    Section flags that mark a self-hosted memmap, from proposals never merged:
+    ``SECTION_CANNOT_OPTIMIZE_VMEMMAP`` (Muchun Song, 2022), set by
+    ``sparse_add_section()`` on every non-early section added with an altmap,
+    and ``SECTION_USE_VMEMMAP`` (Oscar Salvador's 2019 "Allocate memmap from
+    hotadded memory"), set on every section of a range added with an altmap.
+    Both flag exactly the sections of self-hosted blocks (as the page tables
+    show them), online or not; boot sections never.
+    """
+    rule = "section-marker"
+    names = [m for m in ctx.features.markers if m.startswith("SECTION_")]
+    if not names:
+        yield NotChecked(rule, "scheme absent: this kernel has no self-hosted section flag")
+        return
+    hosted = ctx.self_hosted_by_block()
+    spb = ctx.features.sections_per_block
+    unknown = set()
+    for b in ctx.mm.blocks.values():
+        if not b.error and ctx.backing_unreadable(b):
+            # Without its page tables a block's self-hosting is unknown.
+            unknown.add(b.id)
+            yield NotChecked(rule, f"page tables of block {b.id}'s memmap missing from the dump",
+                             b.start_pfn, b.end_pfn)
+    for name in names:
+        flag = name[len("SECTION_"):]
+        bad = 0
+        for s in ctx.mm.sections.values():
+            bid = s.nr // spb
+            if bid in unknown:
+                continue
+            want = bid in hosted
+            if s.has(flag) != want:
+                bad += 1
+                yield _v(rule, s.start_pfn, s.end_pfn, name if want else f"no {name}",
+                         "|".join(s.flag_names),
+                         f"section {s.nr}'s {name} disagrees with the page tables "
+                         f"(block {bid} is {'self-hosted' if want else 'not self-hosted'})",
+                         section=s.nr, block=bid)
+        if not bad:
+            yield Holds(rule)
+
+
+def hvo_self_hosted(ctx) -> Iterator[Result]:
+    rule = "hvo-self-hosted"
+    f = ctx.features
+    if f.hpg_vmemmap_optimized is None:
+        yield NotChecked(rule, "scheme absent: no HugeTLB vmemmap optimisation in this kernel")
+        return
+    folios = ctx.hugetlb_folios()
+    if folios is None:
+        yield NotChecked(rule, "HugeTLB pools not readable")
+        return
+    hosted = ctx.self_hosted_by_block()
+    exclusive = "PG_vmemmap_self_hosted" not in f.markers
+    bad = 0
+    for pfn, nr_pages, optimized in folios:
+        if not optimized:
+            continue
+        bid = ctx.block_id(pfn)
+        backing_hosted = ctx.struct_pages_self_hosted(pfn, pfn + nr_pages)
+        in_hosted_block = bid in hosted
+        if in_hosted_block or backing_hosted or (exclusive and hosted):
+            bad += 1
+            why = (f"block {bid} has self-hosted vmemmap" if in_hosted_block else
+                   "its struct pages are backed by self-hosted frames" if backing_hosted else
+                   "HVO and memmap_on_memory are exclusive on this kernel")
+            yield _v(rule, pfn, pfn + nr_pages, "no HPG_vmemmap_optimized",
+                     "HPG_vmemmap_optimized", f"HugeTLB folio at {pfn:#x} is vmemmap-optimised "
+                     f"but {why}", section=ctx.section_nr(pfn), block=bid)
+    if not bad:
+        yield Holds(rule)
+
+
+RULES: Dict[str, Callable[..., Iterator[Result]]] = {
+    "block-geometry": block_geometry,
+    "section-state": section_state,
+    "early-self-hosted": early_self_hosted,
+    "altmap-mismatch": altmap_mismatch,
+    "vmemmap-unbacked": vmemmap_unbacked,
+    "cross-hosted": cross_hosted,
+    "vmemmap-unmarked": vmemmap_unmarked,
+    "marker-stray": marker_stray,
+    "vmemmap-page-state": vmemmap_page_state,
+    "section-marker": section_marker,
+    "hvo-self-hosted": hvo_self_hosted,
+}

@@ -1,0 +1,142 @@
+"""
+Targets
+-------
+
+Open a :class:`drgn.Program` on a vmcore, the running kernel or a QEMU guest
+over QMP, with clear one-line errors for everything that can go wrong.
+Compressed debug files (``vmlinux.xz``) are decompressed once into a cache.
+"""
+
+import hashlib
+import lzma
+import os
+import shutil
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import drgn
+
+__all__ = (
+    "TargetError",
+    "decompressed",
+    "open_target",
+    "target_kind",
+)
+
+
+class TargetError(Exception):
+    """The target cannot be analysed.  The message is one line for the user."""
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("DRGN_VMEMMAP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "drgn-vmemmap")
+    return Path(base)
+
+
+def decompressed(path: str) -> str:
+    """Return ``path``, or for ``*.xz`` a cached decompressed copy of it."""
+    if not path.endswith(".xz"):
+        return path
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+                         .encode()).hexdigest()[:16]
+    out = _cache_dir() / f"{Path(path).name[:-3]}.{key}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        try:
+            with lzma.open(path) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except lzma.LZMAError as e:
+            tmp.unlink(missing_ok=True)
+            raise TargetError(f"{path}: not a valid xz file ({e})")
+        tmp.rename(out)
+    return str(out)
+
+
+def target_kind(prog: drgn.Program) -> str:
+    """``"live"``, ``"qmp"`` or ``"vmcore"``."""
+    if not prog.flags & drgn.ProgramFlags.IS_LIVE:
+        return "vmcore"
+    return "live" if prog.flags & drgn.ProgramFlags.IS_LOCAL else "qmp"
+
+
+def _check_kernel(prog: drgn.Program, what: str) -> None:
+    if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+        raise TargetError(f"{what}: not a Linux kernel core dump (a user-space core?)")
+
+
+def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
+                symbols: Sequence[str] = (), default_debug_info: bool = True
+                ) -> drgn.Program:
+    """
+    Open the target: ``vmcore`` if given, else the QEMU guest behind the QMP
+    socket ``qemu``, else the running kernel.
+
+    :param symbols: vmlinux (or ``.xz``) and module debug files.  Without
+        them drgn's default debug-info search is used.
+    :raises TargetError: with a one-line reason.
+    """
+    prog = drgn.Program()
+    if vmcore is not None:
+        what = vmcore
+        if os.path.isdir(vmcore):
+            raise TargetError(f"{vmcore}: is a directory (use 'triage' for many dumps)")
+        try:
+            if os.path.getsize(vmcore) == 0:
+                raise TargetError(f"{vmcore}: empty file")
+        except OSError as e:
+            raise TargetError(f"{vmcore}: {e.strerror}")
+        try:
+            prog.set_core_dump(vmcore)
+        except (OSError, ValueError, drgn.FaultError) as e:
+            raise TargetError(f"{vmcore}: cannot open as a core dump: {_short(e)}")
+        _check_kernel(prog, what)
+    elif qemu is not None:
+        what = f"QEMU guest at {qemu}"
+        set_qemu = getattr(prog, "set_qemu_qmp", None)
+        try:
+            if set_qemu is not None:
+                set_qemu(qemu)
+            else:
+                prog.set_core_dump(f"qmp:{qemu}")
+        except (OSError, ValueError) as e:
+            raise TargetError(f"{what}: cannot attach: {_short(e)}")
+    else:
+        what = "the running kernel"
+        try:
+            prog.set_kernel()
+        except PermissionError:
+            raise TargetError("the running kernel: permission denied (run as root, or pass -c VMCORE)")
+        except (OSError, ValueError) as e:
+            raise TargetError(f"the running kernel: {_short(e)}")
+
+    files: List[str] = []
+    for s in symbols:
+        if not os.path.exists(s):
+            raise TargetError(f"{s}: no such file")
+        files.append(decompressed(s))
+    try:
+        prog.load_debug_info(files, default=default_debug_info and not files)
+    except drgn.MissingDebugInfoError as e:
+        missing = str(e).splitlines()[0] if str(e) else "missing debug info"
+        try:
+            prog.type("struct page")
+        except LookupError:
+            hint = " (pass the matching vmlinux with -s)" if not files else \
+                " (the vmlinux given does not match this kernel's build ID)"
+            raise TargetError(f"{what}: no kernel debug info: {missing}{hint}")
+    except (OSError, ValueError) as e:
+        raise TargetError(f"{what}: cannot load debug info: {_short(e)}")
+    try:
+        prog.type("struct page")
+        prog["mem_section"]
+    except LookupError:
+        raise TargetError(f"{what}: the kernel has no SPARSEMEM mem_section (or its debug info is incomplete)")
+    return prog
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,83 @@
+"""The checker against every committed fixture's manifest.
+
+Clean fixtures must give no violation at all; fault fixtures exactly the
+violations their faults name (rule, severity, pfn range, block, section),
+none more.  The self-hosted ranges must equal the guest's ground truth.
+"""
+
+import pytest
+
+from conftest import fixture_program, manifests
+from drgn_vmemmap import check
+from drgn_vmemmap.report import exit_status
+from drgn_vmemmap.rules import RULES
+
+MANIFESTS = manifests()
+NAMES = sorted(MANIFESTS)
+
+
+@pytest.fixture(scope="module")
+def reports():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = check(fixture_program(name))
+        return cache[name]
+
+    return get
+
+
+def expected_violations(manifest):
+    return sorted(
+        (f["expect"]["rule"], f["expect"]["severity"], f["expect"]["pfn_start"],
+         f["expect"]["pfn_end"], f["expect"]["block"], f["expect"]["section"])
+        for f in manifest.get("faults", []) if f.get("expect"))
+
+
+def test_corpus_present():
+    # The corpus spans the three kernels; a missing fixture must fail, not skip.
+    kernels = {m["kernel"]["key"] for m in MANIFESTS.values()}
+    assert {"6.1", "6.12", "7.2"} <= kernels
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ranges_match_ground_truth(name, reports):
+    report = reports(name)
+    truth = [(r["block"], r["start_pfn"], r["nr_pages"], r["state"], r["node"])
+             for r in MANIFESTS[name]["truth"]["self_hosted"]]
+    found = [(r.block, r.start_pfn, r.nr_pages, r.state, r.node) for r in report.ranges]
+    assert found == sorted(truth)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_violations_match_injected_faults(name, reports):
+    report = reports(name)
+    found = sorted((v.rule, v.severity, v.pfn_start, v.pfn_end, v.block, v.section)
+                   for v in report.violations)
+    assert found == expected_violations(MANIFESTS[name])
+    assert exit_status(report) == (1 if MANIFESTS[name].get("faults") else 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_rule_has_an_outcome(name, reports):
+    report = reports(name)
+    decided = set(report.holds) | {n.rule for n in report.not_checked} | \
+        {v.rule for v in report.violations}
+    assert set(RULES) <= decided
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_states_match_sysfs(name, reports):
+    report = reports(name)
+    sysfs = {b["id"]: (b["state"], b["node"]) for b in MANIFESTS[name]["truth"]["blocks"]}
+    ours = {b["block"]: (b["state"], b["node"]) for b in report.blocks}
+    assert ours == sysfs
+
+
+def test_every_rule_violated_somewhere(reports):
+    """Each rule with a fault in the corpus is caught for real."""
+    expected = {e[0] for m in MANIFESTS.values() for e in expected_violations(m)}
+    caught = {v.rule for name in NAMES for v in reports(name).violations}
+    assert expected <= caught
+    assert len(expected) >= 7
