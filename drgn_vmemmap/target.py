@@ -8,6 +8,7 @@ Compressed debug files (``vmlinux.xz``) are decompressed once into a cache.
 """
 
 import hashlib
+import logging
 import lzma
 import os
 import shutil
@@ -117,24 +118,50 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
         if not os.path.exists(s):
             raise TargetError(f"{s}: no such file")
         files.append(decompressed(s))
-    try:
-        prog.load_debug_info(files, default=default_debug_info and not files)
-    except drgn.MissingDebugInfoError as e:
-        missing = str(e).splitlines()[0] if str(e) else "missing debug info"
+    with _DrgnLog() as drgn_log:
         try:
-            prog.type("struct page")
-        except LookupError:
-            hint = " (pass the matching vmlinux with -s)" if not files else \
-                " (the vmlinux given does not match this kernel's build ID)"
-            raise TargetError(f"{what}: no kernel debug info: {missing}{hint}")
-    except (OSError, ValueError) as e:
-        raise TargetError(f"{what}: cannot load debug info: {_short(e)}")
+            prog.load_debug_info(files, default=default_debug_info and not files)
+        except drgn.MissingDebugInfoError as e:
+            drgn_log.messages.append(str(e).splitlines()[0] if str(e) else "missing debug info")
+        except (OSError, ValueError) as e:
+            raise TargetError(f"{what}: cannot load debug info: {_short(e)}")
     try:
         prog.type("struct page")
+    except LookupError:
+        if files:
+            why = ("the vmlinux given does not match this kernel's build ID"
+                   if any("did not match" in m for m in drgn_log.messages)
+                   else "; ".join(drgn_log.messages[:1]) or "no usable debug info in it")
+            raise TargetError(f"{what}: no kernel debug info: {why}")
+        raise TargetError(f"{what}: no kernel debug info found "
+                          "(pass the matching vmlinux with -s)")
+    try:
         prog["mem_section"]
     except LookupError:
         raise TargetError(f"{what}: the kernel has no SPARSEMEM mem_section (or its debug info is incomplete)")
     return prog
+
+
+class _DrgnLog(logging.Handler):
+    """Collect drgn's log messages instead of letting them reach stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+        self._logger = logging.getLogger("drgn")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "_DrgnLog":
+        self._propagate = self._logger.propagate
+        self._logger.addHandler(self)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
 
 
 def _short(e: BaseException) -> str:

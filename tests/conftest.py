@@ -1,0 +1,90 @@
+"""
+Shared test helpers: the committed vmcore fixtures and their manifests.
+
+Any test taking a ``fixture_name`` argument runs once per fixture whose
+``vmcores/fixtures/NAME.vmcore`` exists; the ``manifest`` and ``prog``
+fixtures give that fixture's manifest and an opened (cached) Program.
+The plain functions :func:`manifests` and :func:`fixture_program` do the same
+outside pytest's fixture machinery.
+"""
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import drgn
+import pytest
+
+from drgn_vmemmap.target import open_target
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "vmcores" / "fixtures"
+KERNELS = REPO / "vmcores" / "kernels"
+#: Where the vmcore factory leaves uncompressed build products.
+FACTORY_BUILD = Path(os.environ.get(
+    "DRGN_VMEMMAP_FACTORY_BUILD",
+    os.path.expanduser("~/.cache/drgn-vmemmap-factory/build")))
+
+
+def manifests() -> Dict[str, Dict[str, Any]]:
+    """
+    ``{name: manifest}``, in name order, for every fixture whose vmcore
+    exists (``manifests().items()`` lists ``(name, manifest)``).
+    """
+    out = {}
+    for path in sorted(FIXTURES.glob("*.json")):
+        manifest = json.loads(path.read_text())
+        vmcore = FIXTURES / manifest.get("dump", {}).get("file", path.stem + ".vmcore")
+        if vmcore.exists():
+            out[path.stem] = manifest
+    return out
+
+
+def manifest_of(name: str) -> Dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def vmlinux_for(key: Union[str, Dict[str, Any]]) -> Optional[Path]:
+    """
+    The committed ``vmlinux.xz`` for kernel ``key``, else the factory's build.
+    ``key`` may also be a fixture's manifest (its ``kernel.key`` is used).
+    """
+    if isinstance(key, dict):
+        key = key["kernel"]["key"]
+    for path in (KERNELS / key / "vmlinux.xz", FACTORY_BUILD / key / "vmlinux"):
+        if path.exists():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def fixture_program(name: str) -> drgn.Program:
+    """Open fixture ``name`` with its kernel's vmlinux (cached per name)."""
+    manifest = manifest_of(name)
+    key = manifest["kernel"]["key"]
+    vmlinux = vmlinux_for(key)
+    if vmlinux is None:
+        raise FileNotFoundError(f"no vmlinux for kernel {key!r} "
+                                f"(looked in {KERNELS / key} and {FACTORY_BUILD / key})")
+    vmcore = FIXTURES / manifest.get("dump", {}).get("file", f"{name}.vmcore")
+    return open_target(vmcore=str(vmcore), symbols=[str(vmlinux)])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fixture_name" in metafunc.fixturenames:
+        metafunc.parametrize("fixture_name", list(manifests()))
+
+
+@pytest.fixture
+def manifest(fixture_name: str) -> Dict[str, Any]:
+    return manifest_of(fixture_name)
+
+
+@pytest.fixture
+def prog(fixture_name: str) -> drgn.Program:
+    try:
+        return fixture_program(fixture_name)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

@@ -1,0 +1,213 @@
+"""
+Page-table backing of the memmap, checked against each fixture's ground truth
+(the guest's sysfs and /proc/kpageflags, recorded in the manifest) and, page
+by page, against drgn's own ``follow_phys()``.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from drgn import FaultError
+from drgn.helpers.linux.mm import follow_phys
+
+from drgn_vmemmap.backing import (
+    KINDS,
+    frames_to_described,
+    self_hosted_ranges,
+    vmemmap_backing,
+)
+from drgn_vmemmap.model import memory_map
+from drgn_vmemmap.pagetable import Mapping, PageTableWalker, _append, translate
+
+#: Block states as sysfs prints them.
+SYSFS_STATE = {"MEM_ONLINE": "online", "MEM_OFFLINE": "offline",
+               "MEM_GOING_OFFLINE": "going-offline"}
+
+
+def _expected_pa(extents, va):
+    for e in extents:
+        if e.va <= va < e.va + e.size:
+            if e.pa is None:
+                return None
+            page = 1 << extents.page_shift
+            return e.pa + ((va - e.va) % page if e.aliased else va - e.va)
+    raise AssertionError(f"{va:#x} is in no extent")
+
+
+def test_self_hosted_ranges_match_truth(prog, manifest):
+    mm = memory_map(prog)
+    found = [{"block": r.block, "start_pfn": r.start_pfn, "nr_pages": r.nr_pages,
+              "state": SYSFS_STATE.get(r.state, r.state), "node": r.node}
+             for r in self_hosted_ranges(mm, vmemmap_backing(prog, mm))]
+    truth = sorted(manifest["truth"]["self_hosted"], key=lambda r: (r["block"], r["start_pfn"]))
+    assert found == truth
+
+
+def test_self_hosted_zone(prog, manifest):
+    # An online block's sysfs valid_zones is the one zone it is in.
+    mm = memory_map(prog)
+    zones = {b["id"]: b["valid_zones"] for b in manifest["truth"]["blocks"]}
+    for r in self_hosted_ranges(mm, vmemmap_backing(prog, mm)):
+        if r.state == "MEM_ONLINE":
+            assert [r.zone] == zones[r.block], r
+
+
+def test_kinds_by_block(prog, manifest):
+    mm = memory_map(prog)
+    extents = vmemmap_backing(prog, mm)
+    per = mm.features.sections_per_block
+    assert {e.kind for e in extents} <= set(KINDS)
+    for b in manifest["truth"]["blocks"]:
+        kinds = {e.kind for e in extents if e.section // per == b["id"]}
+        assert kinds, f"block {b['id']}: no extents"
+        if not b["hotplugged"]:
+            # Boot memory is never self-hosted, wherever its memmap lies.
+            assert kinds <= {"boot-allocated", "other-block"}, (b["id"], kinds)
+        elif b.get("vmemmap_pages"):
+            assert "self-hosted" in kinds, (b["id"], kinds)
+        else:
+            # Hot-plugged without memmap_on_memory (6.1's 256 MiB DIMMs).
+            assert kinds <= {"ordinary", "other-block"}, (b["id"], kinds)
+
+
+def test_no_early_section_self_hosted(prog):
+    mm = memory_map(prog)
+    for e in vmemmap_backing(prog, mm):
+        if mm.sections[e.section].has("IS_EARLY"):
+            assert e.kind != "self-hosted", e
+
+
+def test_boot_memmap_in_own_block(prog):
+    # The memblock memmap sits at the top of each node, so the last boot
+    # block's struct pages live in that very block: boot-allocated.
+    mm = memory_map(prog)
+    per = mm.features.sections_per_block
+    own = [e for e in vmemmap_backing(prog, mm)
+           if mm.sections[e.section].has("IS_EARLY") and e.host_block == e.section // per]
+    if not own:
+        pytest.skip("no boot memmap inside its own block in this dump")
+    assert {e.kind for e in own} == {"boot-allocated"}
+
+
+def test_every_struct_page_backed(prog):
+    mm = memory_map(prog)
+    extents = vmemmap_backing(prog, mm)
+    assert not [e for e in extents if e.kind in ("unbacked", "unreadable")]
+    by_section = {}
+    for e in extents:
+        by_section.setdefault(e.section, []).append(e)
+    for nr, s in mm.sections.items():
+        if not s.has("HAS_MEM_MAP"):
+            continue
+        es = sorted(by_section.get(nr, ()), key=lambda e: e.va)
+        assert es, f"section {nr}: no extents"
+        assert es[0].described_start_pfn == s.start_pfn
+        assert es[-1].described_end_pfn == s.end_pfn
+        for a, b in zip(es, es[1:]):
+            assert a.va + a.size == b.va
+        size = sum(e.size for e in es)
+        assert size == s.nr_pages * mm.features.layout.size
+
+
+def test_against_follow_phys(prog):
+    mm = memory_map(prog)
+    extents = vmemmap_backing(prog, mm)
+    f = mm.features
+    page = 1 << f.page_shift
+    init_mm = prog["init_mm"].address_of_()
+    rng = random.Random(0)
+    checked = 0
+    for s in mm.sections.values():
+        if not s.has("HAS_MEM_MAP"):
+            continue
+        start = f.vmemmap_base + s.start_pfn * f.layout.size
+        n = s.nr_pages * f.layout.size // page
+        for i in {0, n - 1, *rng.sample(range(n), min(n, 64))}:
+            va = start + i * page + rng.randrange(page)
+            try:
+                pa = follow_phys(init_mm, va).value_()
+            except FaultError:
+                pa = None
+            assert _expected_pa(extents, va) == pa, f"{va:#x}"
+            checked += 1
+    assert checked
+
+
+def test_slow_path_agrees(prog):
+    mm = memory_map(prog)
+    fast = vmemmap_backing(prog, mm)
+    slow = vmemmap_backing(prog, mm, slow=True)
+    assert list(slow) == list(fast)
+    assert vmemmap_backing(prog, mm) is fast  # cached for a dump
+
+
+def test_hvo_aliases(prog, manifest):
+    # HVO'd HugeTLB folios in boot memory: their tail struct pages share
+    # frames, so some extent is aliased; each aliased extent must really
+    # repeat one frame.
+    extents = vmemmap_backing(prog)
+    aliased = [e for e in extents if e.aliased]
+    assert aliased, "the fixture has HVO'd HugeTLB pages in boot memory"
+    page = 1 << extents.page_shift
+    for e in aliased[:16]:
+        data = {prog.read(e.va + off, 64) for off in range(0, e.size, page)}
+        assert len(data) == 1, e
+
+
+def test_frames_to_described(prog):
+    mm = memory_map(prog)
+    extents = vmemmap_backing(prog, mm)
+    per_frame = (1 << mm.features.page_shift) // mm.features.layout.size
+    for r in self_hosted_ranges(mm, extents):
+        b = mm.blocks[r.block]
+        got = frames_to_described(extents, r.start_pfn)
+        assert [(s, e) for s, e, _ in got] == [(b.start_pfn, b.start_pfn + per_frame)]
+        assert got[0][2].kind == "self-hosted"
+        last = frames_to_described(extents, r.start_pfn + r.nr_pages - 1)
+        assert [(s, e) for s, e, _ in last] == [(b.end_pfn - per_frame, b.end_pfn)]
+        assert frames_to_described(extents, r.start_pfn + r.nr_pages) == []
+
+
+def test_unmapped_hole(prog):
+    mm = memory_map(prog)
+    f = mm.features
+    hole = next((nr for nr in range(max(mm.sections)) if nr not in mm.sections), None)
+    if hole is None:
+        pytest.skip("no absent section")
+    start = f.vmemmap_base + hole * f.pages_per_section * f.layout.size
+    length = f.pages_per_section * f.layout.size
+    assert translate(prog, start, length) == [Mapping(start, None, length, "unmapped")]
+
+
+def test_unreadable_table(prog):
+    # Simulate a filtered dump: the page-table page that maps the first
+    # hot-plugged section's memmap cannot be read.
+    mm = memory_map(prog)
+    f = mm.features
+    nr = max(mm.sections)
+    start = f.vmemmap_base + nr * f.pages_per_section * f.layout.size
+    length = f.pages_per_section * f.layout.size
+    walker = PageTableWalker(prog)
+    assert all(m.status == "mapped" for m in walker.translate(start, length))
+    pmd_tables = [k for k, v in walker._tables.items() if k > 0 and
+                  isinstance(v, np.ndarray)]
+    assert pmd_tables
+    for k in pmd_tables:
+        walker._tables[k] = FaultError("excluded page", k)
+    got = walker.translate(start, length)
+    assert got == [Mapping(start, None, length, "unreadable")]
+
+
+def test_coalescing():
+    out = []
+    for va, pa in ((0, 0x10000), (0x1000, 0x11000), (0x2000, 0x11000), (0x3000, 0x11000),
+                   (0x4000, 0x12000)):
+        _append(out, Mapping(va, pa, 0x1000))
+    assert out == [Mapping(0, 0x10000, 0x1000), Mapping(0x1000, 0x11000, 0x3000, "mapped", 0x1000),
+                   Mapping(0x4000, 0x12000, 0x1000)]
+    _append(out, Mapping(0x5000, None, 0x1000, "unmapped"))
+    _append(out, Mapping(0x6000, None, 0x1000, "unmapped"))
+    _append(out, Mapping(0x7000, None, 0x1000, "unreadable"))
+    assert out[-2:] == [Mapping(0x5000, None, 0x2000, "unmapped"),
+                        Mapping(0x7000, None, 0x1000, "unreadable")]
