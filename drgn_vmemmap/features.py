@@ -83,6 +83,23 @@ class Features(NamedTuple):
     #: ``HPG_vmemmap_optimized`` bit in a HugeTLB folio's ``private``, or None.
     hpg_vmemmap_optimized: Optional[int]
     vmemmap_base: int
+    #: Where page->flags keeps the node and zone (include/linux/page-flags-layout.h:
+    #: | SECTION | NODE | ZONE | ... | FLAGS |, no SECTION field with
+    #: SPARSEMEM_VMEMMAP): widths in bits, and zone names by index.
+    nodes_shift: int
+    zones_shift: int
+    zone_names: List[str]
+
+    def page_node(self, flags):
+        """Node ids of ``flags`` (an int or a numpy u64 array)."""
+        if not self.nodes_shift:
+            return flags * 0
+        return flags >> (64 - self.nodes_shift)
+
+    def page_zone(self, flags):
+        """Zone indexes of ``flags`` (an int or a numpy u64 array)."""
+        shift = 64 - self.nodes_shift - self.zones_shift
+        return (flags >> shift) & ((1 << self.zones_shift) - 1)
 
     @property
     def pages_per_section(self) -> int:
@@ -232,6 +249,29 @@ def _vmemmap_reserved(prog: Program, page_flags: Dict[str, int]) -> bool:
         "PGTY_offline" not in _enumerators(prog, "enum pagetype")
 
 
+# mm/page_alloc.c zone_names[]: what struct zone::name says for each zone_type.
+_ZONE_NAMES = {"ZONE_DMA": "DMA", "ZONE_DMA32": "DMA32", "ZONE_NORMAL": "Normal",
+               "ZONE_HIGHMEM": "HighMem", "ZONE_MOVABLE": "Movable", "ZONE_DEVICE": "Device"}
+
+
+def _node_zone_layout(prog: Program):
+    # NODES_SHIFT is a config option with no debug info of its own, but
+    # node_data[] is declared with MAX_NUMNODES = 1 << NODES_SHIFT entries.
+    nodes_shift = 0
+    try:
+        length = prog["node_data"].type_.length
+        if length:
+            nodes_shift = max(length - 1, 0).bit_length()
+    except (KeyError, LookupError, AttributeError):
+        pass
+    zones = [e.name for e in (prog.type("enum zone_type").enumerators or ())
+             if e.name != "__MAX_NR_ZONES"]
+    # ZONES_SHIFT (include/linux/page-flags-layout.h) from MAX_NR_ZONES.
+    n = len(zones)
+    zones_shift = 0 if n <= 1 else 1 if n <= 2 else 2 if n <= 4 else 3
+    return nodes_shift, zones_shift, [_ZONE_NAMES.get(z, z) for z in zones]
+
+
 @takes_program_or_default
 def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features:
     """
@@ -288,6 +328,7 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         lru=_member_offset(prog, "struct page", "lru"),
     )
     hpg = _enumerators(prog, "enum hugetlb_page_flags").get("HPG_vmemmap_optimized")
+    nodes_shift, zones_shift, zone_names = _node_zone_layout(prog)
 
     result = Features(
         markers=markers,
@@ -303,6 +344,9 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         sections_per_block=prog["sections_per_block"].value_(),
         hpg_vmemmap_optimized=hpg,
         vmemmap_base=prog["vmemmap"].value_(),
+        nodes_shift=nodes_shift,
+        zones_shift=zones_shift,
+        zone_names=zone_names,
     )
     prog.cache[key] = result
     return result

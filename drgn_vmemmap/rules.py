@@ -356,6 +356,18 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
         if lru_bit is not None:
             checks.append(("not on an LRU", ((cols.flags >> np.uint64(lru_bit)) & np.uint64(1))
                            .astype(bool), lambda i: "PG_lru"))
+        b = ctx.mm.blocks.get(r.block)
+        if b is not None and b.nid is not None and f.nodes_shift:
+            node = f.page_node(cols.flags)
+            checks.append((f"node {b.nid}", node != np.uint64(b.nid),
+                           lambda i, node=node: f"node {int(node[i])}"))
+        if b is not None and b.zone in f.zone_names and f.zones_shift:
+            zone = f.page_zone(cols.flags)
+            want = f.zone_names.index(b.zone)
+            checks.append((f"zone {b.zone}", zone != np.uint64(want),
+                           lambda i, zone=zone: "zone " + (f.zone_names[int(zone[i])]
+                                                           if int(zone[i]) < len(f.zone_names)
+                                                           else str(int(zone[i])))))
         if vmemmap_type:
             checks.append(("PG_reserved (set with the vmemmap page type)", ~reserved,
                            lambda i: "PG_reserved clear"))
