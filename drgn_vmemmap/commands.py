@@ -157,7 +157,10 @@ def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) ->
                 "flag_names": sorted(n for n, bit in f.page_flags.items()
                                      if flags >> bit & 1 and n not in ("PG_vmemmap_self_hosted",)),
                 "page_type": int(cols.page_type[0]),
-                "type": scan.type_name(int(cols.page_type[0]), f),
+                "type": scan.type_name(int(cols.page_type[0]), f) or "none",
+                "node": int(f.page_node(flags)),
+                "zone": (f.zone_names[int(f.page_zone(flags))]
+                         if int(f.page_zone(flags)) < len(f.zone_names) else None),
                 "refcount": int(cols.refcount[0]),
                 "mapping": int(cols.mapping[0]),
             }
@@ -191,7 +194,8 @@ def cmd_explain(prog: Program, args: Any) -> Tuple[Any, str]:
     page = d.get("page")
     if isinstance(page, dict):
         lines.append(f"  flags {page['flags']:#x} ({'|'.join(page['flag_names']) or '-'}); "
-                     f"type {page['type']}; refcount {page['refcount']}; "
+                     f"type {page['type']}; node {page['node']}, zone {page['zone']}; "
+                     f"refcount {page['refcount']}; "
                      f"mapping {page['mapping']:#x}")
     elif page:
         lines.append(f"  struct page: {page}")

@@ -199,10 +199,14 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
                     problems.append((f"end_pfn = {b.end_pfn - 1:#x}", f"end_pfn = {a.end_pfn:#x}"))
                 if a.reserve != 0:
                     problems.append(("reserve = 0", f"reserve = {a.reserve}"))
-                if a.free < a.alloc or (a.free != a.alloc and ctx.features.memmap_on_memory != "force"):
-                    problems.append((f"free = {a.alloc}" + (" (+ pageblock padding in force mode)"
-                                                            if f.memmap_on_memory == "force" else ""),
-                                     f"free = {a.free}"))
+                # free is the reserved area: what population used, padded
+                # up to a pageblock in force mode (6.6+).
+                if f.memmap_on_memory == "force":
+                    if a.free < found:
+                        problems.append((f"free >= {found} (+ pageblock padding in force mode)",
+                                         f"free = {a.free}"))
+                elif a.free != found:
+                    problems.append((f"free = {found}", f"free = {a.free}"))
         if problems:
             n = max(found, a.free if a else 0, a.alloc if a else 0, 1)
             yield _v(rule, b.start_pfn, b.start_pfn + n, "; ".join(p[0] for p in problems),
