@@ -14,7 +14,7 @@ from drgn import FaultError, Program
 from tabulate import tabulate
 
 from .check import check, self_hosted_ranges
-from .backing import vmemmap_backing
+from .backing import frames_to_described, vmemmap_backing
 from .features import features
 from .model import memory_map
 from .report import Report
@@ -135,17 +135,22 @@ def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) ->
     }
     inside = [r for r in ranges if r.start_pfn <= pfn < r.start_pfn + r.nr_pages]
     out["self_hosted_range"] = inside[0]._asdict() if inside else None
-    holds = [e for e in ext if e.kind not in ("unbacked", "unreadable")
-             and e.frame_start_pfn <= pfn < e.frame_start_pfn + e.nr_frames]
-    per_frame = (1 << f.page_shift) // f.layout.size
+    # HVO aliases one frame under many struct pages: frames_to_described()
+    # knows, a linear computation would not.
     out["holds_struct_pages_of"] = [
-        {"first_pfn": e.described_start_pfn + (pfn - e.frame_start_pfn) * per_frame,
-         "count": per_frame, "kind": e.kind} for e in holds[:4]]
+        {"first_pfn": start, "count": end - start, "kind": e.kind,
+         "aliased": e.aliased}
+        for start, end, e in frames_to_described(ext, pfn)[:8]]
     own = [e for e in ext if e.described_start_pfn <= pfn < e.described_end_pfn]
     if own:
         e = own[0]
-        frame = None if e.kind in ("unbacked", "unreadable") else \
-            e.frame_start_pfn + (pfn - e.described_start_pfn) // per_frame
+        frame = None
+        if e.pa is not None:
+            from .pagetable import translate
+            va = f.vmemmap_base + pfn * f.layout.size
+            m = translate(prog, va, f.layout.size)
+            if m and m[0].pa is not None:
+                frame = m[0].pa >> f.page_shift
         out["struct_page"] = {"address": f.vmemmap_base + pfn * f.layout.size,
                               "frame": frame, "backing": e.kind}
     if s is not None and s.has("HAS_MEM_MAP"):
@@ -186,7 +191,8 @@ def cmd_explain(prog: Program, args: Any) -> Tuple[Any, str]:
                      f"[{r['start_pfn']:#x}, {r['start_pfn'] + r['nr_pages']:#x})")
     for h in d["holds_struct_pages_of"]:
         lines.append(f"  this frame holds the struct pages of pfns {h['first_pfn']:#x}-"
-                     f"{h['first_pfn'] + h['count'] - 1:#x} ({h['kind']})")
+                     f"{h['first_pfn'] + h['count'] - 1:#x} ({h['kind']}"
+                     + (", HVO-aliased" if h["aliased"] else "") + ")")
     sp = d.get("struct_page")
     if sp:
         where = "unmapped" if sp["frame"] is None else f"frame {sp['frame']:#x}"

@@ -157,11 +157,15 @@ class PageTableWalker:
         out: List[Mapping] = []
         if length <= 0:
             return out
-        top = self.shifts[0] + 9
-        base = start & ~((1 << top) - 1) & 0xFFFFFFFFFFFFFFFF
+        # Index the top table from the start of the address-space half (so
+        # sign extension takes care of itself).
+        bits = self.shifts[0] + 9
         end = start + length
-        if (end - 1) & ~((1 << top) - 1) & 0xFFFFFFFFFFFFFFFF != base:
-            raise ValueError("range crosses the top of the address space")
+        halves = {(va >> (bits - 1)) for va in (start, end - 1)}
+        if len(halves) != 1 or not halves <= {0, (1 << (65 - bits)) - 1}:
+            raise ValueError(f"[{start:#x}, {end:#x}) is not in one canonical half "
+                             f"of the {bits}-bit address space")
+        base = start & ~((1 << bits) - 1)
         # The top level is in the kernel image; let drgn translate it.
         self._walk(self._table(self.pgd, False), 0, base, start, end, out)
         return out
@@ -184,10 +188,10 @@ class PageTableWalker:
         else:
             leaf = np.zeros(len(e), dtype=bool)
         kind = np.where(leaf, 1, np.where(present, 2, 0))
-        # Large leaves: bit 12 is _PAGE_PAT_LARGE, so mask from the leaf size.
-        leaf_mask = self.physical_mask & ~(size - 1)
+        # Physical address bits 12..51 (NX and software bits above); a large
+        # leaf's bit 12 is _PAGE_PAT_LARGE, so mask from the leaf size.
         table_mask = self.physical_mask & ~0xFFF
-        pa = e & np.uint64(leaf_mask if shift != 48 and shift != 39 else table_mask)
+        pa = e & np.uint64(self.physical_mask & ~(size - 1))
         for a, b, k, alias in _segments(kind, pa, size):
             va0 = max(base + ((i0 + a) << shift), lo)
             va1 = min(base + ((i0 + b) << shift), hi)

@@ -49,7 +49,7 @@ def decompressed(path: str) -> str:
         try:
             with lzma.open(path) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        except lzma.LZMAError as e:
+        except (lzma.LZMAError, EOFError) as e:
             tmp.unlink(missing_ok=True)
             raise TargetError(f"{path}: not a valid xz file ({e})")
         tmp.rename(out)

@@ -211,3 +211,57 @@ def test_coalescing():
     _append(out, Mapping(0x7000, None, 0x1000, "unreadable"))
     assert out[-2:] == [Mapping(0x5000, None, 0x2000, "unmapped"),
                         Mapping(0x7000, None, 0x1000, "unreadable")]
+
+
+def _synthetic_walker(l5, entries):
+    """A walker over made-up tables: ``entries`` maps (level, va) to an entry
+    value, or to a list for the next table (allocated here)."""
+    walker = PageTableWalker.__new__(PageTableWalker)
+    walker.prog = None
+    walker.l5 = l5
+    walker.shifts = (48, 39, 30, 21, 12) if l5 else (39, 30, 21, 12)
+    walker.physical_mask = (1 << 52) - 1
+    walker.pgd = 0x1000
+    walker.tables_read = 0
+    tables = {-walker.pgd: np.zeros(512, dtype="<u8")}
+    next_pa = [0x7000000]
+
+    def table_for(level, va):
+        t = tables[-walker.pgd]
+        for shift in walker.shifts[:level]:
+            i = (va >> shift) & 511
+            if not t[i]:
+                next_pa[0] += 0x1000
+                tables[next_pa[0]] = np.zeros(512, dtype="<u8")
+                t[i] = next_pa[0] | 0x63
+            t = tables[int(t[i]) & ~0xFFF & ((1 << 52) - 1)]
+        return t
+
+    for (level, va), value in entries.items():
+        table_for(level, va)[(va >> walker.shifts[level]) & 511] = value
+    walker._tables = tables
+    return walker
+
+
+@pytest.mark.parametrize("l5", [False, True])
+def test_synthetic_leaves(l5):
+    base = 0xFFD4000000000000 if l5 else 0xFFFFEA0000000000
+    nx, pse, pat_large, rw = 1 << 63, 1 << 7, 1 << 12, 0x63
+    pud, pmd, pte = (2, 3, 4) if l5 else (1, 2, 3)
+    g = 1 << 30
+    walker = _synthetic_walker(l5, {
+        # A 1 GiB leaf with PAT and NX set, then a 2 MiB leaf and PTEs.
+        (pud, base): 0x40000000 | pat_large | pse | nx | rw,
+        (pmd, base + g): 0x80200000 | pat_large | pse | nx | rw,
+        (pte, base + g + (2 << 20)): 0x80400000 | nx | rw,  # continues the PMD leaf
+        (pte, base + g + (2 << 20) + 0x1000): 0x6000 | rw,
+        (pte, base + g + (2 << 20) + 0x2000): 0x6000 | rw,
+        (pte, base + g + (2 << 20) + 0x3000): 0x6000 | 0x62,  # not present
+    })
+    got = walker.translate(base + 0x123000, g + (2 << 20) + 0x5000 - 0x123000)
+    assert got == [
+        Mapping(base + 0x123000, 0x40123000, g - 0x123000),
+        Mapping(base + g, 0x80200000, 0x201000),
+        Mapping(base + g + 0x201000, 0x6000, 0x2000, "mapped", 0x1000),
+        Mapping(base + g + 0x203000, None, 0x2000, "unmapped"),
+    ]

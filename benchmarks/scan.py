@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""
+Benchmark: the bulk struct-page scanner against the naive drgn loop.
+
+For each vmcore (default: every committed fixture), in the same run:
+
+(a) naive: ``for pfn, page in for_each_valid_pfn_and_page(prog)`` testing
+    ``PageVmemmapSelfHosted(page)`` (one drgn object per page);
+(b) bulk: :func:`drgn_vmemmap.scan.iter_section_chunks` over the same valid
+    pfn ranges, testing the ``PG_owner_priv_1`` column.
+
+Each method gets a fresh :class:`drgn.Program`, so neither profits from the
+other's decompressed-page cache (the OS page cache is warm for both; the bulk
+scanner, run ``--repeat`` times, reports its best).  Prints pages/s, the
+ratio, the number of marked pages each found on the pages both saw (they must
+agree), and peak RSS.
+
+``--elf`` also writes an ELF copy of each kdump-compressed fixture with
+:func:`tools.elfcore.write_elf` (no tool here converts kdump-compressed to
+ELF), by reading every present section's physical memory through drgn and
+writing PT_LOAD segments plus the VMCOREINFO note.  Pages the kdump file
+excluded become zeros (holes in a sparse file), so the ELF copy is for
+timing, not for checking.  Then (a) and (b) are timed on the ELF copy as well.
+
+Not a test: run ``python benchmarks/scan.py [--limit N] [--elf] [FIXTURE | -s VMLINUX VMCORE ...]``.
+"""
+
+import argparse
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+from drgn import FaultError, Program
+from drgn.helpers.linux.mm import (
+    PageVmemmapSelfHosted,
+    for_each_valid_page_range,
+    for_each_valid_pfn_and_page,
+)
+
+from drgn_vmemmap.features import features
+from drgn_vmemmap.scan import flag_set, iter_section_chunks
+from drgn_vmemmap.target import decompressed, open_target
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tools.elfcore import write_elf  # noqa: E402  (shared with tools/mutate.py)
+
+FIXTURES = ROOT / "vmcores" / "fixtures"
+FACTORY_BUILD = Path(os.environ.get("VMCORES_CACHE")
+                     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                     / "drgn-vmemmap-factory") / "build"
+
+
+def vmlinux_for(manifest: dict) -> Optional[str]:
+    """A fixture's vmlinux: committed ``vmlinux.xz``, else the factory's build."""
+    key = manifest["kernel"]["key"]
+    xz = ROOT / "vmcores" / "kernels" / key / "vmlinux.xz"
+    if xz.exists():
+        return decompressed(str(xz))
+    built = FACTORY_BUILD / key / "vmlinux"
+    return str(built) if built.exists() else None
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def naive(prog: Program, limit: Optional[int]) -> Tuple[int, int, float, int]:
+    """(pages, marked, seconds, last pfn + 1) of the naive drgn loop."""
+    pages = marked = 0
+    end = 0
+    t = time.perf_counter()
+    for pfn, page in for_each_valid_pfn_and_page(prog):
+        if limit is not None and pages >= limit:
+            break
+        try:
+            marked += PageVmemmapSelfHosted(page)
+        except FaultError:
+            pass
+        pages += 1
+        end = pfn + 1
+    return pages, marked, time.perf_counter() - t, end
+
+
+def bulk(prog: Program, ranges: List[Tuple[int, int]], bit: int, upto: int
+         ) -> Tuple[int, int, int, float, int]:
+    """(pages, marked, unreadable, seconds, marked below pfn ``upto``) of the scanner."""
+    pages = marked = unreadable = marked_upto = 0
+    t = time.perf_counter()
+    for cols in iter_section_chunks(prog, ranges):
+        mask = flag_set(cols, bit)
+        pages += len(cols)
+        unreadable += len(cols) - cols.nr_readable
+        marked += int(np.count_nonzero(mask))
+        if cols.start_pfn < upto:
+            marked_upto += int(np.count_nonzero(mask[:upto - cols.start_pfn]))
+    return pages, marked, unreadable, time.perf_counter() - t, marked_upto
+
+
+def bench(label: str, vmcore: str, vmlinux: str, limit: Optional[int],
+          repeat: int) -> dict:
+    prog = open_target(vmcore=vmcore, symbols=[vmlinux])
+    f = features(prog)
+    bit = f.page_flags["PG_owner_priv_1"]
+    ranges = [(s, e) for s, e, _ in for_each_valid_page_range(prog)]
+    total = sum(e - s for s, e in ranges)
+
+    n_pages, n_marked, n_sec, n_end = naive(prog, limit)
+    best = None
+    for _ in range(repeat):
+        del prog
+        gc.collect()
+        # A fresh program each time: drgn's caches must not help (b).
+        prog = open_target(vmcore=vmcore, symbols=[vmlinux])
+        result = bulk(prog, ranges, bit, n_end)
+        if best is None or result[3] < best[3]:
+            best = result
+    del prog
+    gc.collect()
+    b_pages, b_marked, b_unread, b_sec, marked_upto = best
+
+    n_rate, b_rate = n_pages / n_sec, b_pages / b_sec
+    extrapolated = n_pages < total
+    agree = n_marked == marked_upto
+    print(f"{label}: {total} valid pages, {os.path.getsize(vmcore) / 1e6:.1f} MB")
+    print(f"  naive drgn loop : {n_pages:>9} pages in {n_sec:7.3f} s = {n_rate / 1e6:7.3f} M pages/s"
+          + (f"  (EXTRAPOLATED to all pages: {total / n_rate:.1f} s)" if extrapolated else ""))
+    print(f"  bulk scanner    : {b_pages:>9} pages in {b_sec:7.3f} s = {b_rate / 1e6:7.3f} M pages/s"
+          f"  (best of {repeat}; {b_unread} unreadable)")
+    print(f"  ratio bulk/naive: {b_rate / n_rate:.0f}x")
+    print(f"  marked pages    : naive {n_marked}, bulk {marked_upto} on the same pfns"
+          f" ({'agree' if agree else 'DISAGREE'}); bulk total {b_marked}")
+    print(f"  peak RSS so far : {peak_rss_mib():.0f} MiB")
+    return {"vmcore": label, "pages": total, "naive_pages": n_pages,
+            "naive_pages_per_s": n_rate, "naive_extrapolated": extrapolated,
+            "bulk_pages_per_s": b_rate, "ratio": b_rate / n_rate, "agree": agree,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("vmcores", nargs="*",
+                        help="fixture names or vmcore files (default: every fixture)")
+    parser.add_argument("-s", "--vmlinux", help="vmlinux for the given vmcores")
+    parser.add_argument("--limit", type=int, help="pages for the naive loop (rate extrapolated)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of the bulk scanner, best reported (default 3)")
+    parser.add_argument("--elf", action="store_true",
+                        help="also benchmark an ELF copy of each fixture (written once)")
+    parser.add_argument("--elf-dir", default=os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), "drgn-vmemmap-bench"))
+    parser.add_argument("--json", action="store_true", help="print results as JSON too")
+    args = parser.parse_args()
+
+    targets = []
+    for path in sorted(FIXTURES.glob("*.json")):
+        vmcore = path.with_suffix(".vmcore")
+        if vmcore.exists() and (not args.vmcores or path.stem in args.vmcores):
+            vmlinux = vmlinux_for(json.loads(path.read_text()))
+            if vmlinux:
+                targets.append((path.stem, str(vmcore), vmlinux))
+            else:
+                print(f"{path.stem}: no vmlinux, skipped")
+    for v in args.vmcores:
+        if not (FIXTURES / f"{v}.json").exists():
+            if not args.vmlinux:
+                parser.error(f"{v}: not a fixture name; -s VMLINUX is required for a vmcore file")
+            targets.append((v, v, args.vmlinux))
+    results = []
+    for label, vmcore, vmlinux in targets:
+        results.append(bench(label, vmcore, vmlinux, args.limit, args.repeat))
+        if args.elf:
+            elf = Path(args.elf_dir) / (Path(vmcore).stem + ".elf")
+            if not elf.exists():
+                elf.parent.mkdir(parents=True, exist_ok=True)
+                ram, sec = write_elf(open_target(vmcore=vmcore, symbols=[vmlinux]), elf)
+                gc.collect()
+                used = os.stat(elf).st_blocks * 512
+                print(f"  wrote {elf}: {ram >> 20} MiB of RAM, {used >> 20} MiB on disk, {sec:.1f} s")
+            results.append(bench(label + " (ELF copy)", str(elf), vmlinux, args.limit,
+                                 args.repeat))
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0 if all(r["agree"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
