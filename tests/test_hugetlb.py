@@ -1,0 +1,59 @@
+"""HugeTLB folios and HVO, against the guest's kpageflags and the page tables.
+
+The folios the checker finds in the hstate pools must be exactly the
+compound heads /proc/kpageflags showed as huge; a folio marked
+HPG_vmemmap_optimized must really have its vmemmap remapped (aliased frames
+in the page tables), and one without the mark must not.
+"""
+
+import pytest
+
+from conftest import fixture_program, manifests
+from drgn_vmemmap.check import Context
+
+MANIFESTS = manifests()
+NAMES = sorted(MANIFESTS)
+
+
+def injected_hpg(manifest):
+    return {f["target"]["pfn"] for f in manifest.get("faults", []) if f["op"] == "hpg_optimized"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_folios_match_kpageflags(name):
+    ctx = Context(fixture_program(name))
+    folios = ctx.hugetlb_folios()
+    heads = sorted(p for pfns in MANIFESTS[name]["truth"]["hugepage_heads"].values()
+                   for p in pfns)
+    assert sorted(pfn for pfn, _, _ in folios) == heads
+    assert len(heads) == sum(MANIFESTS[name]["truth"]["nr_hugepages"].values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_optimized_means_remapped(name):
+    ctx = Context(fixture_program(name))
+    fake = injected_hpg(MANIFESTS[name])
+    optimized = 0
+    for pfn, nr, opt in ctx.hugetlb_folios():
+        aliased = any(e.aliased for e in ctx.extents()
+                      if e.described_start_pfn < pfn + nr and pfn < e.described_end_pfn)
+        if pfn in fake:
+            # faultmod set only the flag: the vmemmap was never remapped.
+            assert opt and not aliased
+            continue
+        assert opt == aliased, hex(pfn)
+        optimized += opt
+    # Boot-memory folios are optimised on every fixture kernel.
+    assert optimized >= 16
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if MANIFESTS[n]["kernel"]["key"] != "6.1"])
+def test_hvo_refused_on_self_hosted_blocks(name):
+    """6.0+: the kernel itself refuses HVO where the memmap is self-hosted."""
+    ctx = Context(fixture_program(name))
+    hosted = ctx.self_hosted_by_block()
+    fake = injected_hpg(MANIFESTS[name])
+    in_hosted = [(pfn, opt) for pfn, _, opt in ctx.hugetlb_folios()
+                 if ctx.block_id(pfn) in hosted and pfn not in fake]
+    assert in_hosted, "the scenario puts HugeTLB folios in self-hosted blocks"
+    assert not any(opt for _, opt in in_hosted)
