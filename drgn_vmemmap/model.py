@@ -138,7 +138,9 @@ def read_block(prog: Program, mem: Object, f: Features) -> Block:
         zone = _zone_name(mem.zone.read_()) if mem.type_.type.has_member("zone") else None
         altmap = None
         vmemmap_pages: Optional[int] = None
-        start_pfn = start_nr << (f.section_size_bits - f.page_shift)
+        # The block id (device id, xarray key, sysfs name) places the block;
+        # start_section_nr is checked against it by block-geometry.
+        start_pfn = bid * f.pages_per_block
         if f.block_accounting == "altmap":
             ptr = mem.altmap.read_()
             if ptr:

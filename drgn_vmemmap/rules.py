@@ -70,7 +70,8 @@ def block_geometry(ctx) -> Iterator[Result]:
             ok = False
             yield _v(rule, b.start_pfn, b.end_pfn, f"start_section_nr {b.id * spb}",
                      f"start_section_nr {b.start_section_nr}",
-                     f"block {b.id} does not start at its own section", block=b.id)
+                     f"block {b.id} does not start at its own section",
+                     section=b.id * spb, block=b.id)
         if xa is None:
             pass
         elif xa.get(b.id) != b.address:
@@ -180,6 +181,10 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
             yield NotChecked(rule, f"page tables of block {b.id}'s memmap missing from the dump",
                              b.start_pfn, b.end_pfn)
             continue
+        if any(e.kind == "unbacked" for e in ctx.extents_overlapping(b.start_pfn, b.end_pfn)):
+            yield NotChecked(rule, f"block {b.id}'s memmap is not mapped (see vmemmap-unbacked)",
+                             b.start_pfn, b.end_pfn)
+            continue
         found = ctx.self_hosted_pages(b.id)
         a = b.altmap
         problems = []
@@ -240,7 +245,6 @@ def vmemmap_unbacked(ctx) -> Iterator[Result]:
 
 def cross_hosted(ctx) -> Iterator[Result]:
     rule = "cross-hosted"
-    ranges = ctx.self_hosted_by_block()
     bad = 0
     for e in ctx.extents():
         if e.kind in ("unbacked", "unreadable", "self-hosted"):
@@ -248,10 +252,8 @@ def cross_hosted(ctx) -> Iterator[Result]:
         owner = ctx.block_id(e.described_start_pfn)
         host = e.host_block
         fstart, fend = e.frame_start_pfn, e.frame_start_pfn + e.nr_frames
-        inside = None
-        for r in ranges.values():
-            if r.block != owner and fstart < r.start_pfn + r.nr_pages and r.start_pfn < fend:
-                inside = r
+        inside = next((r for r in ctx.ranges_overlapping(fstart, fend) if r.block != owner),
+                      None)
         if inside is not None:
             bad += 1
             yield _v(rule, e.described_start_pfn, e.described_end_pfn,

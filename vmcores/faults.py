@@ -43,7 +43,8 @@ def symbol(key: str, name: str) -> int:
 def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """Turn symbolic targets into pfn / block / section numbers."""
     out = {k: v for k, v in args.items()
-           if k not in ("dimm", "offset", "expect", "block_id", "hugepage")}
+           if k not in ("dimm", "offset", "expect", "block_id", "hugepage", "target_dimm",
+                        "target_block")}
     if "block_id" in args:
         # A boot block, by id.
         pages_per_block = runner.block_size // PAGE_SIZE
@@ -58,7 +59,21 @@ def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         out["pfn"] = bid * pages_per_block + args.get("offset", 0)
         out["section"] = out["pfn"] // SECTION_PAGES + args.get("section_index", 0)
         out.pop("section_index", None)
+    if "target_dimm" in args:
+        # Another DIMM block's first frame, for page-table remapping.
+        pages_per_block = runner.block_size // PAGE_SIZE
+        out["value"] = runner.dimm_blocks(args["target_dimm"])[args.get("target_block", 0)] \
+            * pages_per_block
+    for k, v in list(out.items()):
+        if isinstance(v, str) and v.startswith("$"):
+            out[k] = _ref(v, out)
     return out
+
+
+def _ref(v: str, target: Dict[str, Any]) -> int:
+    """``"$pfn"``, ``"$block"``, ``"$section+1"``: a number from the resolved target."""
+    name, _, plus = v[1:].partition("+")
+    return target[name] + int(plus or 0)
 
 
 def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
@@ -98,10 +113,17 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         if any(("vmemmap" in names) != want for _, _, names in runs):
             raise RuntimeError(f"kpageflags does not show page_type {target['value']:#x} "
                                f"at {target['pfn']}: {runs}")
-    expect = dict(args.get("expect", {}))
-    for k, v in list(expect.items()):
-        # "$pfn", "$block", "$section" and "$pfn+N" refer to the resolved target.
-        if isinstance(v, str) and v.startswith("$"):
-            name, _, plus = v[1:].partition("+")
-            expect[k] = target[name] + int(plus or 0)
-    return {"op": op, "target": target, "module": reports[0], "expect": expect}
+    # One expected violation, or a list when a fault breaks two invariants.
+    expects = args.get("expect", [])
+    expects = [expects] if isinstance(expects, dict) else expects
+    resolved = []
+    for e in expects:
+        e = dict(e)
+        for k, v in list(e.items()):
+            if isinstance(v, str) and v.startswith("$"):
+                e[k] = _ref(v, target)
+        resolved.append(e)
+    out = {"op": op, "target": target, "module": reports[0], "expects": resolved}
+    if len(resolved) == 1:
+        out["expect"] = resolved[0]
+    return out

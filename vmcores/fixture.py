@@ -235,7 +235,9 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
         extra.append(build_module(scenario.kernel))
     initramfs = build_initramfs(work / "initramfs.cpio.gz", extra)
     t0 = time.monotonic()
-    with Guest(files["bzImage"], initramfs, work, cmdline=CMDLINE) as g:
+    cmdline = f"{CMDLINE} {scenario.cmdline}".strip()
+    with Guest(files["bzImage"], initramfs, work, cmdline=cmdline,
+               mem_mb=scenario.mem_mb) as g:
         r = Runner(name, scenario, g, truth.block_size(g))
         clean_truth = None
         for step in scenario.steps:
@@ -251,7 +253,7 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
             "kernel": {"key": scenario.kernel,
                        "source": (files["bzImage"].parent / "source-version").read_text().strip(),
                        "release": (files["bzImage"].parent / "release").read_text().strip(),
-                       "cmdline": CMDLINE,
+                       "cmdline": cmdline,
                        "patches": list(kernel.KERNELS[scenario.kernel].patches)},
             "steps": r.log,
         }
@@ -269,7 +271,14 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
     for level in scenario.filters:
         if partial.exists():
             partial.unlink()
-        run(["makedumpfile", "-c", "-d", str(level), str(raw), str(partial)])
+        try:
+            run(["makedumpfile", "-c", "-d", str(level), str(raw), str(partial)])
+        except RuntimeError as e:
+            # makedumpfile reads every section's memmap to filter; it gives
+            # up on a dump whose vmemmap is partly unmapped.
+            log(f"-d {level}: makedumpfile failed ({str(e).splitlines()[-1]}); "
+                "trying the next level")
+            continue
         why = readable(partial, files["vmlinux"], manifest)
         if why is None:
             break

@@ -20,6 +20,10 @@ class Scenario(NamedTuple):
     steps: List[Tuple[Any, ...]]
     doc: str
     filters: Tuple[int, ...] = (31, 17, 1)
+    #: Boot memory of the guest, split over its two NUMA nodes.
+    mem_mb: int = 1024
+    #: Appended to CMDLINE.
+    cmdline: str = ""
 
 
 # The guest boots with 1 GiB over two NUMA nodes and these parameters.
@@ -106,6 +110,27 @@ _FAULTS_OLD = [  # 5.13-6.5: nr_vmemmap_pages, PG_reserved set on vmemmap pages
     ("fault", "section_clear", {"dimm": "dimm0", "block": 0, "mask": 4,
                                 "expect": _expect("section-state", "$pfn", "$pfn+32768")}),
 ]
+
+# Faults in the page tables and the block records themselves, on offline
+# blocks (whose struct pages nothing touches before the dump).
+_FAULTS_PAGETABLES = [
+    ("fault", "pmd_clear", {"dimm": "dimm0", "block": 1,
+                            "expect": _expect("vmemmap-unbacked", "$pfn", "$pfn+32768")}),
+    ("fault", "pmd_remap", {"dimm": "dimm2", "block": 1, "target_dimm": "dimm2",
+                            "target_block": 0,
+                            "expect": [_expect("cross-hosted", "$pfn", "$pfn+32768"),
+                                       _expect("altmap-mismatch", "$pfn", "$pfn+512")]}),
+    ("fault", "block_start_section", {"dimm": "dimm1", "block": 0, "value": "$section+1",
+                                      "expect": _expect("block-geometry", "$pfn",
+                                                        "$pfn+32768")}),
+]
+_add("pagetables", Scenario("6.12", list(_BASIC) + _FAULTS_PAGETABLES, (
+    "hotplug-basic, then faultmod.ko unmaps the vmemmap PMD of offline block 33, "
+    "points offline block 36's at block 35's self-hosted frames, and shifts block 34's "
+    "start_section_nr.  makedumpfile cannot filter a dump with unmapped vmemmap, so "
+    "this guest boots with 512 MiB and init_on_free=1 (free pages are zero, and -d 1 "
+    "drops zero pages) to keep its dump small."),
+    filters=(31, 17, 1), mem_mb=512, cmdline="init_on_free=1"))
 
 for _k in ("6.12", "7.2"):
     _add("faults", Scenario(_k, list(_BASIC) + _FAULTS_NEW, (

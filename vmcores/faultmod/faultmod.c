@@ -17,6 +17,12 @@
  *   op=block_vmemmap block=B value=V              (nr_vmemmap_pages, or altmap->alloc)
  *   op=block_altmap_free block=B value=V          (6.6+: altmap->free)
  *   op=block_new_altmap block=B value=V           (give a block with none a record of V pages)
+ *   op=block_start_section block=B value=S        (memory_block->start_section_nr = S)
+ *   op=pmd_clear pfn=P                            (unmap the 2 MiB vmemmap leaf holding P's struct page)
+ *   op=pmd_remap pfn=P value=F                    (point that leaf at frames F.. instead)
+ *
+ * The page-table operations are meant for offline blocks, whose struct pages
+ * nothing touches before the dump; the TLB is deliberately not flushed.
  *
  * memory_blocks is static in drivers/base/memory.c: the factory passes its
  * address from System.map (the guest boots with nokaslr).
@@ -30,6 +36,7 @@
 #include <linux/version.h>
 #include <linux/xarray.h>
 #include <linux/memremap.h>
+#include <asm/pgtable.h>
 
 static char *op = "";
 static unsigned long pfn, count = 1, section, mask, block, memory_blocks_addr;
@@ -187,6 +194,29 @@ static int __init faultmod_init(void)
 #endif
 		pr_info("faultmod: {\"op\": \"%s\", \"block\": %lu, \"old\": %lu, \"new\": %lu}\n",
 			op, block, old, new);
+	} else if (!strcmp(op, "block_start_section")) {
+		struct memory_block *mem = get_block(block);
+		if (!mem)
+			return -ENOENT;
+		old = mem->start_section_nr;
+		mem->start_section_nr = value;
+		pr_info("faultmod: {\"op\": \"%s\", \"block\": %lu, \"old\": %lu, \"new\": %ld}\n",
+			op, block, old, value);
+	} else if (!strcmp(op, "pmd_clear") || !strcmp(op, "pmd_remap")) {
+		unsigned long va = (unsigned long)pfn_to_page(pfn);
+		unsigned int level;
+		pte_t *pte = lookup_address(va, &level);
+		pmd_t *pmd = (pmd_t *)pte;
+
+		if (!pte || level != PG_LEVEL_2M)
+			return -ENXIO;
+		old = pmd_val(*pmd);
+		if (op[4] == 'c')
+			set_pmd(pmd, __pmd(0));
+		else
+			set_pmd(pmd, pfn_pmd(value, __pgprot(pmd_flags(*pmd))));
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"va\": %lu, \"old\": %lu, \"new\": %lu}\n",
+			op, pfn, va, old, (unsigned long)pmd_val(*pmd));
 	} else {
 		return -EINVAL;
 	}
