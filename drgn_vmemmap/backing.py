@@ -185,9 +185,17 @@ def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
                     ext = Extent(pfn, stop, None, 0, kind, None, nr, va0, None,
                                  va1 - va0, False)
                 else:
-                    if m.alias:
+                    # A piece that fits inside one period of an aliased run
+                    # is linear (two PMDs mapping the same 2 MiB, each
+                    # describing its own section, are not HVO).
+                    offset = (va0 - m.va) % m.alias if m.alias else 0
+                    aliased = bool(m.alias) and offset + (va1 - va0) > m.alias
+                    if aliased:
                         pa0 = m.pa
                         nframes = -(-m.alias // page)
+                    elif m.alias:
+                        pa0 = m.pa + offset
+                        nframes = ((pa0 + va1 - va0 - 1) >> shift) - (pa0 >> shift) + 1
                     else:
                         pa0 = m.pa + (va0 - m.va)
                         nframes = ((pa0 + va1 - va0 - 1) >> shift) - (pa0 >> shift) + 1
@@ -203,7 +211,7 @@ def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
                     else:
                         kind = "boot-allocated"
                     ext = Extent(pfn, stop, frame, nframes, kind, host, nr, va0, pa0,
-                                 va1 - va0, bool(m.alias))
+                                 va1 - va0, aliased)
                 out.append(ext)
                 pfn = stop
 

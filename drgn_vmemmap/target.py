@@ -90,7 +90,9 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
         except OSError as e:
             raise TargetError(f"{vmcore}: {e.strerror}")
         try:
-            prog.set_core_dump(vmcore)
+            # A dump shipped as .xz (as the tests' unfilterable fixtures are)
+            # is decompressed once into the cache, like vmlinux.xz.
+            prog.set_core_dump(decompressed(vmcore))
         except (OSError, ValueError, drgn.FaultError) as e:
             raise TargetError(f"{vmcore}: cannot open as a core dump: {_short(e)}")
         _check_kernel(prog, what)

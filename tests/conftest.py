@@ -12,7 +12,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import drgn
 import pytest
@@ -88,3 +88,14 @@ def prog(fixture_name: str) -> drgn.Program:
         return fixture_program(fixture_name)
     except FileNotFoundError as e:
         pytest.skip(str(e))
+
+
+def pagetable_faults(manifest: Dict[str, Any]) -> Dict[int, Tuple[str, Optional[int]]]:
+    """Blocks whose vmemmap mapping faultmod changed after the truth was
+    taken: ``{block: (op, target frame or None)}``.  Such a block no longer
+    hosts its own memmap, whatever its record says."""
+    out = {}
+    for f in manifest.get("faults", []):
+        if f["op"] in ("pmd_clear", "pmd_remap"):
+            out[f["target"]["block"]] = (f["op"], f["target"].get("value"))
+    return out
