@@ -7,11 +7,12 @@ Run the rules over one program and build a :class:`~drgn_vmemmap.report.Report`.
 the bulk scanner, each computed once.
 """
 
+import bisect
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from drgn import FaultError, ObjectNotFoundError, Program
+from drgn import FaultError, ObjectNotFoundError, Program, TypeKind
 from drgn.helpers.common.prog import takes_program_or_default
 from drgn.helpers.linux.list import list_for_each_entry
 
@@ -39,6 +40,9 @@ class Context:
         self.pages_scanned = 0
         self.unreadable: List[List[int]] = []
         self._extents = None
+        self._extent_starts: Optional[List[int]] = None
+        self._range_list: Optional[List[Range]] = None
+        self._range_starts: List[int] = []
         self._ranges: Optional[Dict[int, Range]] = None
         self._scans: Dict[Tuple[int, int], object] = {}
 
@@ -80,31 +84,54 @@ class Context:
         r = self.self_hosted_by_block().get(bid)
         return r.nr_pages if r else 0
 
+    # Interval look-ups by bisection: extents are sorted by described pfn and
+    # self-hosted ranges by frame, neither overlapping, so a 1 TiB machine's
+    # ~10^4 extents and blocks never meet in a quadratic loop.
+
+    def extents_overlapping(self, start: int, end: int) -> Iterator["_backing.Extent"]:
+        """Extents describing any pfn in ``[start, end)``."""
+        ext = self.extents()
+        if self._extent_starts is None:
+            self._extent_starts = [e.described_start_pfn for e in ext]
+        i = max(bisect.bisect_right(self._extent_starts, start) - 1, 0)
+        while i < len(ext) and ext[i].described_start_pfn < end:
+            if ext[i].described_end_pfn > start:
+                yield ext[i]
+            i += 1
+
+    def ranges_overlapping(self, start: int, end: int) -> List[Range]:
+        """Self-hosted ranges holding any frame in ``[start, end)``."""
+        if self._range_list is None:
+            self._range_list = sorted(self.self_hosted_by_block().values(),
+                                      key=lambda r: r.start_pfn)
+            self._range_starts = [r.start_pfn for r in self._range_list]
+        rl = self._range_list
+        i = max(bisect.bisect_right(self._range_starts, start) - 1, 0)
+        out = []
+        while i < len(rl) and rl[i].start_pfn < end:
+            if rl[i].start_pfn + rl[i].nr_pages > start:
+                out.append(rl[i])
+            i += 1
+        return out
+
     def backing_unreadable(self, b: Block) -> bool:
-        return any(e.kind == "unreadable" and e.described_start_pfn < b.end_pfn
-                   and b.start_pfn < e.described_end_pfn for e in self.extents())
+        return any(e.kind == "unreadable" for e in self.extents_overlapping(b.start_pfn, b.end_pfn))
 
     def struct_pages_self_hosted(self, start: int, end: int) -> bool:
-        ranges = list(self.self_hosted_by_block().values())
-        for e in self.extents():
-            if e.described_end_pfn <= start or end <= e.described_start_pfn:
-                continue
+        for e in self.extents_overlapping(start, end):
             if e.kind == "self-hosted":
                 return True
-            fs, fe = e.frame_start_pfn, e.frame_start_pfn + e.nr_frames
-            if any(fs < r.start_pfn + r.nr_pages and r.start_pfn < fe for r in ranges):
+            if e.frame_start_pfn is not None and self.ranges_overlapping(
+                    e.frame_start_pfn, e.frame_start_pfn + e.nr_frames):
                 return True
         return False
 
     def self_hosted_mask_fn(self) -> Callable[[int, int], np.ndarray]:
-        ranges = list(self.self_hosted_by_block().values())
-
         def inside(start: int, end: int) -> np.ndarray:
             mask = np.zeros(end - start, dtype=bool)
-            for r in ranges:
+            for r in self.ranges_overlapping(start, end):
                 s, e = max(start, r.start_pfn), min(end, r.start_pfn + r.nr_pages)
-                if s < e:
-                    mask[s - start:e - start] = True
+                mask[s - start:e - start] = True
             return mask
 
         return inside
@@ -238,17 +265,13 @@ def _blocks_json(ctx: Context, violations: List[Violation]) -> List[Dict[str, ob
     return out
 
 
-@takes_program_or_default
-def check(prog: Program, rules: Optional[Iterable[str]] = None,
-          vmemmap_page_type: Optional[int] = None,
-          progress: Optional[Progress] = None) -> Report:
-    """
-    Check every rule (or those named) and return the report.
+#: How many times a live check is retried when a block changes under it.
+LIVE_RETRIES = 3
 
-    :param rules: rule ids from :data:`~drgn_vmemmap.rules.RULES`.
-    """
-    t0 = time.monotonic()
-    ctx = Context(prog, vmemmap_page_type, progress)
+_Results = Tuple[List[Violation], List[NotChecked], Dict[str, int]]
+
+
+def _run_rules(ctx: Context, rules: Optional[Iterable[str]]) -> _Results:
     violations: List[Violation] = []
     not_checked: List[NotChecked] = [NotChecked("*", e) for e in ctx.mm.errors]
     holds: Dict[str, int] = {}
@@ -260,8 +283,141 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
                 not_checked.append(result)
             else:
                 holds[result.rule] = holds.get(result.rule, 0) + result.count
+    return violations, not_checked, holds
+
+
+def _snapshot(mm: MemoryMap) -> Dict[int, tuple]:
+    """Per block id: what a live kernel may change under a check (the block's
+    device, state, zone and vmemmap record, and its sections' words)."""
+    per = mm.features.sections_per_block
+    out: Dict[int, tuple] = {}
+    for b in mm.blocks.values():
+        out[b.id] = (b.address, b.state, b.nid, b.zone, b.vmemmap_pages, b.altmap, b.error)
+    sections: Dict[int, list] = {}
+    for s in mm.sections.values():
+        sections.setdefault(s.nr // per, []).append((s.nr, s.flags, s.mem_map))
+    for bid, secs in sections.items():
+        out[bid] = out.get(bid, ()) + tuple(secs)
+    return out
+
+
+class _Epoch(NamedTuple):
+    """What tells a reader of a live kernel that memory hotplug happened."""
+
+    #: ``uevent_seqnum``: every memory block added, removed, onlined or
+    #: offlined advances it (device_online()/device_offline() send
+    #: KOBJ_ONLINE/KOBJ_OFFLINE once the block's state has changed).  Two
+    #: equal reads of the memory map do not prove it stood still: a block
+    #: can go offline and online again in between (seen under a fast loop).
+    seqnum: Optional[int]
+    #: An operation is under way: ``device_hotplug_lock`` (held from the
+    #: sysfs write or ACPI event to the uevent) or ``mem_hotplug_lock``
+    #: (write-held by online_pages()/offline_pages()) is taken.
+    busy: bool
+
+
+def _hotplug_epoch(prog: Program) -> _Epoch:
+    seqnum = None
+    busy = False
+    try:
+        seq = prog["uevent_seqnum"]  # u64, atomic64_t in newer kernels
+        if seq.type_.unaliased_kind() != TypeKind.INT:
+            seq = seq.counter
+        seqnum = seq.value_()
+    except (KeyError, LookupError, AttributeError, FaultError):
+        pass
+    try:
+        # The low bits of a mutex's owner are flags (MUTEX_FLAGS).
+        busy = bool(prog["device_hotplug_lock"].owner.counter.value_() & ~0x7)
+    except (KeyError, LookupError, AttributeError, FaultError):
+        pass
+    try:
+        busy = busy or bool(prog["mem_hotplug_lock"].block.counter.value_())
+    except (KeyError, LookupError, AttributeError, FaultError):
+        pass
+    return _Epoch(seqnum, busy)
+
+
+def _changed_blocks(snapshots: List[Dict[int, tuple]]) -> List[int]:
+    """Blocks that were not the same in every snapshot."""
+    ids = set().union(*snapshots)
+    return sorted(bid for bid in ids if len({repr(s.get(bid)) for s in snapshots}) > 1)
+
+
+def _race(results: _Results, changed: List[int], pages_per_block: int,
+          epochs: Tuple[_Epoch, _Epoch]) -> _Results:
+    """Violations touching a block that kept changing become "not checked",
+    and each such block is reported as not checked."""
+    violations, not_checked, holds = results
+    kept: List[Violation] = []
+    not_checked = list(not_checked) + [
+        NotChecked("*", f"live race: block {bid} changed during the check",
+                   bid * pages_per_block, (bid + 1) * pages_per_block) for bid in changed]
+    if not changed:
+        # Devices (maybe not memory) changed, but no block was seen changing:
+        # say so, and keep the violations (nothing tells which of them it
+        # could explain).
+        e0, e1 = epochs
+        busy = ", hotplug in progress" if e0.busy or e1.busy else ""
+        not_checked.append(NotChecked("*", "live race: devices changed during the check "
+                                      f"(uevent_seqnum {e0.seqnum} -> {e1.seqnum}{busy}); "
+                                      "no memory block was seen changing"))
+    for v in violations:
+        hit = next((bid for bid in changed if v.block == bid or
+                    (v.pfn_start < (bid + 1) * pages_per_block
+                     and bid * pages_per_block < v.pfn_end)), None)
+        if hit is None:
+            kept.append(v)
+        else:
+            not_checked.append(NotChecked(v.rule, f"live race: block {hit} changed during "
+                                          "the check", v.pfn_start, v.pfn_end))
+    return kept, not_checked, holds
+
+
+@takes_program_or_default
+def check(prog: Program, rules: Optional[Iterable[str]] = None,
+          vmemmap_page_type: Optional[int] = None,
+          progress: Optional[Progress] = None) -> Report:
+    """
+    Check every rule (or those named) and return the report.
+
+    On a live target (``-k``, QMP) the memory map is read again after the
+    rules ran.  The check stands if both reads are equal, no memory hotplug
+    operation ended in between (``uevent_seqnum`` unchanged) and none was
+    under way at either end (hotplug locks free); otherwise it is retried,
+    up to :data:`LIVE_RETRIES` times.  If it never stood, violations on the
+    blocks that changed in any read become "not checked (live race)".
+    ``stats["live_retries"]`` says how many retries were needed.
+
+    :param rules: rule ids from :data:`~drgn_vmemmap.rules.RULES`.
+    """
+    t0 = time.monotonic()
+    live = target_kind(prog) != "vmcore"
+    raced = False
+    snapshots: List[Dict[int, tuple]] = []
+    for attempt in range(1 + (LIVE_RETRIES if live else 0)):
+        e0 = _hotplug_epoch(prog) if live else _Epoch(None, False)
+        ctx = Context(prog, vmemmap_page_type, progress)
+        results = _run_rules(ctx, rules)
+        if not live:
+            break
+        again = memory_map(prog, vmemmap_page_type)
+        e1 = _hotplug_epoch(prog)
+        snapshots += [_snapshot(ctx.mm), _snapshot(again)]
+        raced = snapshots[-2] != snapshots[-1] or e0 != e1 or e0.busy or e1.busy
+        if not raced:
+            break
+    if raced:
+        results = _race(results, _changed_blocks(snapshots), ctx.features.pages_per_block,
+                        (e0, e1))
+    violations, not_checked, holds = results
     violations.sort(key=lambda v: (v.rule, v.pfn_start))
     unreadable = sorted({(s, e) for s, e in ctx.unreadable})
+    stats = {"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
+             "pages_scanned": ctx.pages_scanned,
+             "seconds": round(time.monotonic() - t0, 3)}
+    if live:
+        stats["live_retries"] = attempt
     return Report(
         target=_target_json(prog),
         features=_features_json(ctx),
@@ -270,8 +426,6 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
         not_checked=not_checked,
         unreadable=[list(u) for u in unreadable],
         holds=holds,
-        stats={"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
-               "pages_scanned": ctx.pages_scanned,
-               "seconds": round(time.monotonic() - t0, 3)},
+        stats=stats,
         blocks=_blocks_json(ctx, violations),
     )

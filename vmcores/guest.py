@@ -4,7 +4,8 @@ The guest's ``/init`` (see ``INIT``) reads one shell command per line from
 ttyS1 and answers with its output followed by ``@@DONE <status>``.  ttyS0 is
 the console, logged to a file.  Two QMP sockets are opened: one for the
 factory and one left untouched for the tool under test (drgn hung on a socket
-that another client had used and closed).
+that another client had used and closed); ``extra_qmp`` adds more, one per
+further tool, in ``extra_qmp_paths``.
 """
 
 import gzip
@@ -110,14 +111,17 @@ class Guest:
 
     def __init__(self, bzimage: Path, initramfs: Path, workdir: Path,
                  cmdline: str = "", mem_mb: int = 1024, nodes: int = 2,
-                 maxmem_gb: int = 8, slots: int = 4, smp: int = 2):
+                 maxmem_gb: int = 8, slots: int = 4, smp: int = 2, extra_qmp: int = 0,
+                 cpu: Optional[str] = None):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
         self.qmp_path = workdir / "qmp.sock"
         self.tool_qmp_path = workdir / "qmp-tool.sock"
         self.cmd_path = workdir / "cmd.sock"
-        for p in (self.qmp_path, self.tool_qmp_path, self.cmd_path):
+        #: More untouched QMP sockets, one per further tool.
+        self.extra_qmp_paths = [workdir / f"qmp-tool{i + 2}.sock" for i in range(extra_qmp)]
+        for p in (self.qmp_path, self.tool_qmp_path, self.cmd_path, *self.extra_qmp_paths):
             if p.exists():
                 p.unlink()
         per_node = mem_mb // nodes
@@ -132,6 +136,10 @@ class Guest:
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-qmp", f"unix:{self.tool_qmp_path},server=on,wait=off",
         ]
+        for p in self.extra_qmp_paths:
+            argv += ["-qmp", f"unix:{p},server=on,wait=off"]
+        if cpu:  # e.g. "max": user space built for x86-64-v2 (numpy 2) needs SSE4.2
+            argv += ["-cpu", cpu]
         for n in range(nodes):
             argv += ["-object", f"memory-backend-ram,id=ram{n},size={per_node}M",
                      "-numa", f"node,nodeid={n},memdev=ram{n}"
