@@ -48,6 +48,9 @@ class PageTypes(NamedTuple):
     base: int
     types: Dict[str, int]
     source: str
+    #: Inverted scheme: ``page_has_type()`` is ``(int)page_type <
+    #: PAGE_MAPCOUNT_RESERVE`` (-128 up to 6.10, ``~0xffff`` in 6.11).
+    reserve: int = -128
 
 
 class SectionFlags(NamedTuple):
@@ -174,10 +177,12 @@ def _page_types(prog: Program, extra: Optional[Dict[str, int]]) -> PageTypes:
         return PageTypes("pgty", 0, types, "enum pagetype")
     if enum:
         # v6.10-v6.11: enum pagetype of PG_* bits and PAGE_TYPE_BASE.
-        base = enum.get("PAGE_TYPE_BASE", 0xF0000000)
-        types = {k[3:]: v for k, v in enum.items() if k.startswith("PG_")}
+        base = enum.get("PAGE_TYPE_BASE", 0xF0000000) & 0xFFFFFFFF
+        types = {k[3:]: v & 0xFFFFFFFF for k, v in enum.items() if k.startswith("PG_")}
         types.update(extra or {})
-        return PageTypes("inverted", base, types, "enum pagetype")
+        reserve = enum.get("PAGE_MAPCOUNT_RESERVE", -128) & 0xFFFFFFFF
+        reserve = reserve - (1 << 32) if reserve & 0x80000000 else reserve
+        return PageTypes("inverted", base, types, "enum pagetype", reserve)
     # Up to v6.9: macros.  Confirm the encoding through VMCOREINFO when
     # possible (PAGE_BUDDY_MAPCOUNT_VALUE is ~PG_buddy).
     types = dict(_OLD_PAGE_TYPES)

@@ -365,7 +365,8 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
         b = ctx.mm.blocks.get(r.block)
         if b is not None and b.nid is not None and f.nodes_shift:
             node = f.page_node(cols.flags)
-            checks.append((f"node {b.nid}", node != np.uint64(b.nid),
+            # nid is an int (NUMA_NO_NODE is -1): compare signed.
+            checks.append((f"node {b.nid}", node.astype(np.int64) != b.nid,
                            lambda i, node=node: f"node {int(node[i])}"))
         if b is not None and b.zone in f.zone_names and f.zones_shift:
             zone = f.page_zone(cols.flags)

@@ -277,8 +277,9 @@ def has_type(cols: PageColumns,
         # per page") (in v6.12): the type is the top byte, 0x80-0xfe.
         mask = signed < -(1 << 24)
     else:
-        base = np.uint32(types.base)
-        mask = (signed < -128) & ((pt & base) == base)
+        # page_has_type() up to 6.11 tests only the sign threshold, not the
+        # base bits: a word below it is a type the kernel sees, if unknown.
+        mask = signed < types.reserve
     return mask & cols.readable
 
 
@@ -318,8 +319,10 @@ def type_name(page_type: int, types: Union[Features, PageTypes]) -> Optional[str
             return None
         names = [k for k, v in types.types.items() if v == page_type >> 24]
     else:
-        if signed >= -128 or page_type & types.base != types.base:
+        if signed >= types.reserve:
             return None
+        if page_type & types.base != types.base:
+            return f"unknown ({page_type:#010x})"
         names = [k for k, v in types.types.items()
                  if page_type & (types.base | v) == types.base]
     return "|".join(sorted(names)) if names else f"unknown ({page_type:#010x})"

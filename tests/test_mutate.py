@@ -1,0 +1,183 @@
+"""The mutation corpus (``tools/mutate.py``): corrupt real dumps one field at
+a time; the checker must never crash and must catch every corruption a rule
+is about.
+
+A failure here names the mutation and the command that replays it alone.
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, fixture_program, manifest_of
+
+sys.path.insert(0, str(REPO))
+from tools import mutate  # noqa: E402
+
+#: Mutations per kernel in the default run, and their seed.
+COUNT = 60
+SEED = 1
+
+FIXTURE_NAMES = mutate.default_fixtures()
+pytestmark = pytest.mark.skipif(not FIXTURE_NAMES, reason="no *-hotplug-basic fixture")
+
+
+@pytest.fixture(scope="module")
+def subjects():
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="drgn-vmemmap-test-mutate-") as tmp:
+        for name in FIXTURE_NAMES:
+            try:
+                out[name] = mutate.prepare(name, Path(tmp))
+            except FileNotFoundError as e:  # no vmlinux
+                pytest.skip(str(e))
+        yield out
+        for s in out.values():
+            s.close()
+
+
+def _explain(tally) -> str:
+    lines = []
+    for kind, items in (("crash", tally.crashes), ("missed", tally.missed)):
+        for it in items:
+            lines.append(f"{kind}: {it['fixture']} {it['mutation']} (broke {it['broke']})\n"
+                         f"  replay: {it['replay']}")
+            if it.get("error"):
+                lines.append("  " + it["error"].strip().splitlines()[-1])
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_mutations(subjects, name):
+    s = subjects[name]
+    tally = mutate.run_subject(s, SEED, range(COUNT))
+    assert tally.mutations == COUNT
+    assert not tally.crashes and not tally.missed, _explain(tally)
+    assert tally.detected == tally.targeted
+    # The corpus must exercise something: invariants broken in every class
+    # of kernel object.
+    assert tally.targeted >= COUNT // 4
+    for klass in ("vmemmap-page", "section", "block"):
+        assert tally.by_class[klass]["targeted"] > 0, (klass, dict(tally.by_class))
+
+
+def _first_online_self_hosted(s):
+    for bid, (start, end) in sorted(s.self_hosted.items()):
+        if s.mm.blocks[bid].state == "MEM_ONLINE":
+            return bid, start, end
+    pytest.skip("no online self-hosted block")
+
+
+def _outcome(s, m):
+    assert m is not None
+    o = mutate.run_one(s, m)
+    assert o.status == "ok", o.error
+    return o
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_examples(subjects, name):
+    """One hand-picked corruption per rule that the corpus targets."""
+    s = subjects[name]
+    pf = s.f.page_flags
+    bid, start, end = _first_online_self_hosted(s)
+
+    # Clearing PG_owner_priv_1 (PG_vmemmap_self_hosted) on an online self-hosted page.
+    if "PG_vmemmap_self_hosted" in pf:
+        o = _outcome(s, mutate.page_mutation(s, 0, "vmemmap-page", start + 5, "flags",
+                                             [pf["PG_vmemmap_self_hosted"]]))
+        assert o.broken == {"vmemmap-unmarked"}
+        assert "vmemmap-unmarked" in o.detected_by
+
+    # An extra reference on a vmemmap page.
+    o = _outcome(s, mutate.page_mutation(s, 0, "vmemmap-page", start + 7, "refcount", [1]))
+    assert o.broken == {"vmemmap-page-state"} and "vmemmap-page-state" in o.detected_by
+
+    # The block's record of its vmemmap pages.
+    field = "nr_vmemmap_pages" if s.altmap_type is None else "altmap.alloc"
+    o = _outcome(s, mutate.block_mutation(s, 0, bid, field, [2]))
+    assert o.broken == {"altmap-mismatch"} and "altmap-mismatch" in o.detected_by
+
+    # SECTION_IS_ONLINE cleared on a section of the online block.
+    online_bit = s.flag_masks["IS_ONLINE"].bit_length() - 1
+    nr = bid * s.f.sections_per_block
+    o = _outcome(s, mutate.section_mutation(s, 0, nr, [online_bit]))
+    assert o.broken == {"section-state"} and "section-state" in o.detected_by
+
+    # start_section_nr no longer the block's own.
+    o = _outcome(s, mutate.block_mutation(s, 0, bid, "start_section_nr", [3]))
+    assert o.broken == {"block-geometry"} and "block-geometry" in o.detected_by
+
+    # PG_owner_priv_1 set on an ordinary page of the online block (no alias).
+    if "PG_vmemmap_self_hosted" in pf:
+        for pfn in range(end + 1000, end + 3000):
+            m = mutate.page_mutation(s, 0, "block-page", pfn, "flags",
+                                     [pf["PG_vmemmap_self_hosted"]])
+            if m is not None and mutate.broken_rules(s, m) == {"marker-stray"}:
+                o = _outcome(s, m)
+                assert "marker-stray" in o.detected_by
+                break
+        else:
+            pytest.fail("no page without a PG_owner_priv_1 alias found")
+
+    # The never-merged marking schemes (kernels patched with them).
+    if s.vmemmap_type is not None:
+        # PGTY_vmemmap -> PGTY_buddy: the marker lost, a wrong type gained.
+        off, _ = mutate._page_field(s, "page_type")
+        bits = [24 + b for b in range(8) if (s.vmemmap_type ^ s.f.page_types.types["buddy"])
+                >> b & 1]
+        o = _outcome(s, mutate.page_mutation(s, 0, "vmemmap-page", start + 11, "page_type",
+                                             bits))
+        assert o.broken == {"vmemmap-unmarked", "vmemmap-page-state"}
+        assert o.broken <= o.detected_by
+    for flag in ("CANNOT_OPTIMIZE_VMEMMAP", "USE_VMEMMAP"):
+        if flag in s.flag_masks:
+            bit = s.flag_masks[flag].bit_length() - 1
+            o = _outcome(s, mutate.section_mutation(s, 0, nr, [bit]))  # cleared
+            assert o.broken == {"section-marker"} and "section-marker" in o.detected_by
+            o = _outcome(s, mutate.section_mutation(s, 0, 0, [bit]))  # set on boot memory
+            assert o.broken == {"section-marker"} and "section-marker" in o.detected_by
+
+    # Untargeted: a flag bit no rule reads (PG_referenced, say) changes nothing.
+    if "PG_referenced" in pf:
+        o = _outcome(s, mutate.page_mutation(s, 0, "vmemmap-page", start + 9, "flags",
+                                             [pf["PG_referenced"]]))
+        assert o.broken == set() and o.flagged_by == set()
+
+
+def test_reuse_matches_fresh(subjects):
+    """Reusing one program (caches cleared) sees what a fresh open sees."""
+    s = subjects[FIXTURE_NAMES[-1]]
+    for i in range(8):
+        m = mutate.draw(s, SEED, i)
+        reused = mutate.run_one(s, m)
+        s.fresh = True
+        try:
+            fresh = mutate.run_one(s, m)
+        finally:
+            s.fresh = False
+        assert reused.status == fresh.status, m.describe()
+        if reused.report is not None:
+            assert reused.report.violations == fresh.report.violations, m.describe()
+            assert reused.report.not_checked == fresh.report.not_checked, m.describe()
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_elf_copy_checks_like_the_original(subjects, name):
+    """The ELF copy (pages the dump lacks left out) gives the kdump file's report."""
+    from drgn_vmemmap import check
+
+    s = subjects[name]
+    try:
+        original = check(fixture_program(name)).to_json()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    copy = s.baseline.to_json()
+    for key in ("features", "ranges", "violations", "not_checked", "unreadable", "holds",
+                "blocks"):
+        assert copy[key] == original[key], key
+    truth = manifest_of(name)["truth"]["self_hosted"]
+    assert [(r["block"], r["start_pfn"], r["nr_pages"]) for r in copy["ranges"]] == \
+        [(r["block"], r["start_pfn"], r["nr_pages"]) for r in truth]
