@@ -275,7 +275,7 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
     if scrub:
         log(f"{len(scrub)} section words have flags makedumpfile does not know; "
             "filtering a scrubbed copy")
-        mdfix.write_words(raw, scrub)
+        mdfix.rewrite(raw, scrub, scrubbed=True)
     for level in scenario.filters:
         if partial.exists():
             partial.unlink()
@@ -288,7 +288,7 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
                 "trying the next level")
             continue
         if scrub:
-            mdfix.restore(partial, scrub)
+            mdfix.rewrite(partial, scrub, scrubbed=False)
         why = readable(partial, files["vmlinux"], manifest)
         if why is None:
             break

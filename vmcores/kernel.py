@@ -37,8 +37,8 @@ KERNELS: Dict[str, KernelSpec] = {
     # 6.12 with the marking schemes that were proposed but never merged:
     # SECTION_CANNOT_OPTIMIZE_VMEMMAP (2022), SECTION_USE_VMEMMAP and a
     # PGTY_vmemmap page type with PG_reserved (2019).  See the patch header.
-    "6.12-marking": KernelSpec("6.12-marking", "linux-source-6.12", None, ["base", "6.12"],
-                               ["6.12-vmemmap-marking.patch"]),
+    "6.12-marking": KernelSpec("6.12-marking", "linux-source-6.12", None,
+                               ["base", "6.12", "marking"], ["6.12-vmemmap-marking.patch"]),
 }
 
 # Options whose absence makes a fixture meaningless.  Checked after

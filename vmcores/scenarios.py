@@ -150,16 +150,14 @@ _add("faults", Scenario("6.1", list(_BASIC) + _FAULTS_OLD, (
 # plus PG_reserved on the vmemmap pages of online blocks, reported by
 # kpageflags as bit 43), on top of upstream's PG_vmemmap_self_hosted.
 # Its section flags reach bit 5 (SECTION_MAP_LAST_BIT 6), which Debian 12's
-# makedumpfile 1.7.2 hard-codes as the first map bit: it decodes the mem_map
-# of marked sections 32 bytes off, so page filtering that reads struct pages
-# (-d 2..16) would work from garbage.  Only zero pages are excluded (-d 1).
-_MARKING_FILTERS = (1,)
+# makedumpfile 1.7.2 hard-codes as the first map bit: the factory filters a
+# scrubbed copy and restores the words (mdfix.py).
 _MARKING_DOC = ("6.12 patched with the never-merged marking schemes: "
                 "SECTION_CANNOT_OPTIMIZE_VMEMMAP and SECTION_USE_VMEMMAP on every "
                 "section added with an altmap, PGTY_vmemmap + PG_reserved on vmemmap pages. ")
 _add("hotplug-basic", Scenario("6.12-marking", list(_BASIC), _MARKING_DOC + (
     "Same steps as 6.12-hotplug-basic; kpageflags confirms PGTY_vmemmap and PG_reserved "
-    "on the N = 512 vmemmap pages of every online hot-plugged block."), _MARKING_FILTERS))
+    "on the N = 512 vmemmap pages of every online hot-plugged block.")))
 
 _FAULTS_MARKING = [
     # A self-hosted section that lost SECTION_CANNOT_OPTIMIZE_VMEMMAP.
@@ -186,7 +184,7 @@ _add("faults", Scenario("6.12-marking", list(_BASIC) + _FAULTS_MARKING, _MARKING
     "hotplug-basic, then faultmod.ko breaks the new markers: SECTION_CANNOT_OPTIMIZE_VMEMMAP "
     "cleared on a self-hosted section, SECTION_USE_VMEMMAP set on a boot section, "
     "PGTY_vmemmap cleared on three vmemmap pages and set on two ordinary pages, "
-    "PG_reserved cleared on two vmemmap pages."), _MARKING_FILTERS))
+    "PG_reserved cleared on two vmemmap pages.")))
 
 
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
