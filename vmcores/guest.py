@@ -34,7 +34,11 @@ exec 3<>/dev/ttyS1
 stty -F /dev/ttyS1 raw -echo -icrnl -onlcr -hupcl 2>/dev/null
 echo "@@READY" >&3
 while true; do
-  if ! read -r line <&3; then sleep 0.1; continue; fi
+  # Not ash's "read": a signal to PID 1 (SIGCHLD of an orphan reparented to
+  # it, as the churn tests make) interrupts it and loses the bytes it had
+  # read.  head runs in a child; the host sends one line and then waits.
+  line=$(head -n 1 <&3)
+  [ -n "$line" ] || { sleep 0.1; continue; }
   ( eval "$line" ) > /tmp/out 2>&1 < /dev/null
   rc=$?
   cat /tmp/out >&3
