@@ -93,7 +93,9 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
             # A dump shipped as .xz (as the tests' unfilterable fixtures are)
             # is decompressed once into the cache, like vmlinux.xz.
             prog.set_core_dump(decompressed(vmcore))
-        except (OSError, ValueError, drgn.FaultError) as e:
+        except TargetError:
+            raise
+        except Exception as e:  # OSError, ValueError, drgn's BadDataError, ...
             raise TargetError(f"{vmcore}: cannot open as a core dump: {_short(e)}")
         _check_kernel(prog, what)
     elif qemu is not None:

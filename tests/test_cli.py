@@ -173,3 +173,27 @@ def test_list_rules():
     proc = run("check", "--list-rules")
     assert proc.returncode == 0
     assert "vmemmap-unmarked" in proc.stdout.split()
+
+
+def test_zeroed_vmcoreinfo(tmp_path):
+    """A kdump file whose VMCOREINFO was wiped: one line, exit 2 (or, if drgn
+    still finds the kernel, a normal report) and never a traceback."""
+    src = FIXTURES / "6.12-hotplug-basic.vmcore"
+    data = bytearray(src.read_bytes())
+    assert data[:8] == b"KDUMP   "
+    # The VMCOREINFO text ("OSRELEASE=...\n...") sits in makedumpfile's
+    # sub-header, near the start of the file; wipe all of it.
+    start = data.index(b"OSRELEASE=", 0, 1 << 20)
+    end = data.index(b"\0", start)
+    assert b"SYMBOL(mem_section)" in data[start:end]
+    data[start:end] = bytes(end - start)
+    bad = tmp_path / "novmcoreinfo.vmcore"
+    bad.write_bytes(bytes(data))
+    proc = run("-c", bad, "-s", vmlinux_for(MANIFESTS["6.12-hotplug-basic"]), "check",
+               "--format", "json")
+    assert "Traceback" not in proc.stderr
+    if proc.returncode == 2:
+        one_line_error(proc)
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["violations"] == []
