@@ -217,7 +217,7 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
             yield _v(rule, b.start_pfn, b.start_pfn + n, "; ".join(p[0] for p in problems),
                      "; ".join(p[1] for p in problems),
                      f"block {b.id}'s vmemmap record disagrees with the page tables",
-                     section=b.start_section_nr, block=b.id)
+                     section=b.id * f.sections_per_block, block=b.id)
         else:
             yield Holds(rule)
 
