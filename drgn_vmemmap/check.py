@@ -247,10 +247,12 @@ def _target_json(prog: Program) -> Dict[str, object]:
     return {"kind": target_kind(prog), "release": release, "arch": arch}
 
 
-def _blocks_json(ctx: Context, violations: List[Violation]) -> List[Dict[str, object]]:
+def _blocks_json(ctx: Context, violations: List[Violation],
+                 raced: Iterable[int] = ()) -> List[Dict[str, object]]:
     hosted = ctx.self_hosted_by_block()
     bad = {v.block for v in violations if v.severity == "error"}
     warn = {v.block for v in violations if v.severity == "warning"}
+    raced = set(raced)
     out = []
     for b in sorted(ctx.mm.blocks.values(), key=lambda b: b.id):
         r = hosted.get(b.id)
@@ -260,7 +262,8 @@ def _blocks_json(ctx: Context, violations: List[Violation]) -> List[Dict[str, ob
             "hotplugged": ctx.is_hotplugged(b),
             "recorded_vmemmap_pages": b.vmemmap_pages,
             "self_hosted_pages": r.nr_pages if r else 0,
-            "verdict": "error" if b.id in bad else "warning" if b.id in warn else "ok",
+            "verdict": "error" if b.id in bad else "warning" if b.id in warn
+            else "not checked (live race)" if b.id in raced else "ok",
         })
     return out
 
@@ -427,5 +430,6 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
         unreadable=[list(u) for u in unreadable],
         holds=holds,
         stats=stats,
-        blocks=_blocks_json(ctx, violations),
+        blocks=_blocks_json(ctx, violations,
+                            _changed_blocks(snapshots) if raced else ()),
     )
