@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Union
 import numpy as np
 
 from .report import NotChecked, Violation
+from .scan import runs
 
 __all__ = ("Holds", "RULES", "Result")
 
@@ -42,15 +43,9 @@ def _v(rule: str, start: int, end: int, expected: str, found: str, message: str,
     return Violation(rule, severity, start, end, section, block, expected, found, message)
 
 
-def _runs(mask: np.ndarray, base: int) -> List[List[int]]:
-    """Coalesced ``[start, end)`` pfn runs where ``mask`` is true."""
-    if not mask.any():
-        return []
-    m = np.concatenate(([False], mask, [False])).astype(np.int8)
-    d = np.diff(m)
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return [[base + int(s), base + int(e)] for s, e in zip(starts, ends)]
+def _runs(mask: np.ndarray, base: int):
+    """Coalesced ``(start, end)`` pfn runs where ``mask`` is true."""
+    return runs(mask, base)
 
 
 # --- block-geometry ----------------------------------------------------------
