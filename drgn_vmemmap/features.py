@@ -228,30 +228,19 @@ def _memmap_on_memory(prog: Program) -> Optional[str]:
     return None
 
 
-def _vmemmap_reserved(prog: Program, page_flags: Dict[str, int]) -> bool:
-    # Linux kernel commit a30341f4a3e8? no: 6.11 "mm/memory_hotplug: initialize
-    # memmap of !ZONE_DEVICE with PageOffline() instead of PageReserved()"
-    # added a "context" parameter to __free_pages_core() in the same series
-    # ("mm: pass meminit_context to __free_pages_core()").  Its presence is
-    # the debug-info witness of the new scheme.
+def _vmemmap_reserved(prog: Program) -> bool:
+    # In 6.11 the series "mm/memory_hotplug: initialize memmap of
+    # !ZONE_DEVICE with PageOffline() instead of PageReserved()" also gave
+    # __free_pages_core() a third parameter ("mm: pass meminit_context to
+    # __free_pages_core()"): the debug-info witness of the new scheme.
     try:
-        fn = prog.function("__free_pages_core")
-    except (LookupError, ValueError):
-        fn = None
-    if fn is not None:
-        try:
-            return len(fn.type.parameters) < 3
-        except AttributeError:
-            pass
-    try:
-        params = prog["__free_pages_core"].type_.parameters
-        return len(params) < 3
+        return len(prog["__free_pages_core"].type_.parameters) < 3
     except (KeyError, LookupError, AttributeError):
         pass
-    # No witness: assume the old behaviour only when PageOffline isn't a
-    # typed enumerator of the newer encodings.
-    return "offline" not in _enumerators(prog, "enum pagetype") and \
-        "PGTY_offline" not in _enumerators(prog, "enum pagetype")
+    # No witness (the function was inlined away): the page-type encoding
+    # tells 6.11+ apart (PGTY_* from 6.12, PAGE_TYPE_BASE 0x80000000 in 6.11).
+    enum = _enumerators(prog, "enum pagetype")
+    return "PGTY_offline" not in enum and enum.get("PAGE_TYPE_BASE") != 0x80000000
 
 
 # mm/page_alloc.c zone_names[]: what struct zone::name says for each zone_type.
@@ -341,7 +330,7 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         page_types=page_types,
         section_flags=sflags,
         block_accounting=accounting,
-        vmemmap_reserved=_vmemmap_reserved(prog, pageflags),
+        vmemmap_reserved=_vmemmap_reserved(prog),
         memmap_on_memory=_memmap_on_memory(prog),
         layout=layout,
         page_shift=prog["PAGE_SHIFT"].value_(),
