@@ -19,6 +19,7 @@ import drgn
 
 __all__ = (
     "TargetError",
+    "cache_dir",
     "decompressed",
     "open_target",
     "target_kind",
@@ -29,7 +30,9 @@ class TargetError(Exception):
     """The target cannot be analysed.  The message is one line for the user."""
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where decompressed files and other derived data are kept
+    (``$DRGN_VMEMMAP_CACHE``, else ``$XDG_CACHE_HOME/drgn-vmemmap``)."""
     base = os.environ.get("DRGN_VMEMMAP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "drgn-vmemmap")
     return Path(base)
@@ -42,7 +45,7 @@ def decompressed(path: str) -> str:
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
                          .encode()).hexdigest()[:16]
-    out = _cache_dir() / f"{Path(path).name[:-3]}.{key}"
+    out = cache_dir() / f"{Path(path).name[:-3]}.{key}"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".tmp{os.getpid()}")

@@ -120,7 +120,7 @@ from drgn_vmemmap.check import check  # noqa: E402
 from drgn_vmemmap.features import features  # noqa: E402
 from drgn_vmemmap.model import memory_map  # noqa: E402
 from drgn_vmemmap.report import Report  # noqa: E402
-from drgn_vmemmap.target import TargetError, decompressed, open_target  # noqa: E402
+from drgn_vmemmap.target import TargetError, cache_dir, decompressed, open_target  # noqa: E402
 from tools.elfcore import Segment, file_offset, load_segments, write_elf  # noqa: E402
 
 __all__ = ("Mutation", "Outcome", "Subject", "block_mutation", "broken_rules", "draw", "main",
@@ -168,18 +168,12 @@ def _vmlinux(manifest: Dict[str, Any]) -> str:
     raise FileNotFoundError(f"no vmlinux for kernel {key!r}")
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("DRGN_VMEMMAP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "drgn-vmemmap")
-    return Path(base) / "mutate"
-
-
 def elf_copy(vmcore: Path, vmlinux: str) -> Path:
     """The cached ELF copy (with holes) of ``vmcore``, written if needed."""
     st = vmcore.stat()
     key = hashlib.sha256(f"{vmcore.resolve()}:{st.st_size}:{st.st_mtime_ns}:{ELF_VERSION}"
                          .encode()).hexdigest()[:16]
-    out = _cache_dir() / f"{vmcore.stem}.{key}.elf"
+    out = cache_dir() / "mutate" / f"{vmcore.stem}.{key}.elf"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
