@@ -23,7 +23,7 @@ from .report import NotChecked, Range, Report, Violation
 from .rules import RULES, Holds, state_name
 from .target import target_kind
 
-__all__ = ("Context", "check", "self_hosted_ranges")
+__all__ = ("Context", "check", "self_hosted_ranges", "vmemmap_area_pages")
 
 Progress = Callable[[int, int], None]
 
@@ -81,8 +81,15 @@ class Context:
         return self._ranges
 
     def self_hosted_pages(self, bid: int) -> int:
+        """Frames of block ``bid`` backing its own struct pages."""
         r = self.self_hosted_by_block().get(bid)
         return r.nr_pages if r else 0
+
+    def vmemmap_area(self, bid: int) -> int:
+        """Pages of block ``bid``'s vmemmap area: its self-hosted frames,
+        padded to whole pageblocks with ``memmap_on_memory=force``."""
+        r = self.self_hosted_by_block().get(bid)
+        return max(r.nr_pages, r.reserved_pages) if r else 0
 
     # Interval look-ups by bisection: extents are sorted by described pfn and
     # self-hosted ranges by frame, neither overlapping, so a 1 TiB machine's
@@ -100,7 +107,8 @@ class Context:
             i += 1
 
     def ranges_overlapping(self, start: int, end: int) -> List[Range]:
-        """Self-hosted ranges holding any frame in ``[start, end)``."""
+        """Self-hosted ranges whose vmemmap area (frames and force-mode
+        padding) holds any frame in ``[start, end)``."""
         if self._range_list is None:
             self._range_list = sorted(self.self_hosted_by_block().values(),
                                       key=lambda r: r.start_pfn)
@@ -109,7 +117,7 @@ class Context:
         i = max(bisect.bisect_right(self._range_starts, start) - 1, 0)
         out = []
         while i < len(rl) and rl[i].start_pfn < end:
-            if rl[i].start_pfn + rl[i].nr_pages > start:
+            if rl[i].area_end_pfn > start:
                 out.append(rl[i])
             i += 1
         return out
@@ -130,7 +138,7 @@ class Context:
         def inside(start: int, end: int) -> np.ndarray:
             mask = np.zeros(end - start, dtype=bool)
             for r in self.ranges_overlapping(start, end):
-                s, e = max(start, r.start_pfn), min(end, r.start_pfn + r.nr_pages)
+                s, e = max(start, r.start_pfn), min(end, r.area_end_pfn)
                 mask[s - start:e - start] = True
             return mask
 
@@ -209,14 +217,42 @@ class Context:
         return out
 
 
+def vmemmap_area_pages(mm: MemoryMap, block: Optional[Block], start_pfn: int,
+                       nr_pages: int) -> int:
+    """
+    How many pages from ``start_pfn`` form the block's vmemmap area when
+    ``nr_pages`` frames there back its struct pages.
+
+    ``memmap_on_memory=force`` (6.6+) reserves the memmap padded up to whole
+    pageblocks (``altmap->free = pageblock_align(nr)``,
+    mm/memory_hotplug.c:memory_block_memmap_on_memory_pages()) and marks
+    every reserved page like the memmap itself.  When ``pageblock_order``
+    cannot be told, the block's own ``altmap->free`` is taken if it covers
+    the frames; altmap-mismatch still compares the two.
+    """
+    f = mm.features
+    if f.memmap_on_memory != "force" or block is None or start_pfn != block.start_pfn:
+        return nr_pages
+    if f.pageblock_order is not None:
+        pb = 1 << f.pageblock_order
+        padded = -(-nr_pages // pb) * pb
+    elif block.altmap is not None and block.altmap.free >= nr_pages:
+        padded = block.altmap.free
+    else:
+        padded = nr_pages
+    return min(padded, block.end_pfn - start_pfn)
+
+
 def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
-    """Self-hosted vmemmap ranges found from the page tables, one per block."""
+    """Self-hosted vmemmap ranges found from the page tables, one per block
+    (more if a block's self-hosted frames are not contiguous)."""
     out = []
     for r in _backing.self_hosted_ranges(mm, extents):
         b = mm.blocks.get(r.block)
         out.append(Range(r.block, r.start_pfn, r.nr_pages,
                          state_name(b.state) if b else "?", b.nid if b else None,
-                         b.zone if b else None))
+                         b.zone if b else None,
+                         vmemmap_area_pages(mm, b, r.start_pfn, r.nr_pages)))
     return out
 
 
@@ -229,6 +265,7 @@ def _features_json(ctx: Context) -> Dict[str, object]:
         "memmap_on_memory": None if f.memmap_on_memory is None
         else f.memmap_on_memory != "N",
         "memmap_on_memory_mode": f.memmap_on_memory,
+        "pageblock_order": f.pageblock_order,
         "vmemmap_reserved": f.vmemmap_reserved,
         "struct_page_size": f.layout.size,
         "pages_per_block": f.pages_per_block,

@@ -65,8 +65,13 @@ def cmd_ranges(prog: Program, args: Any) -> Tuple[Any, str]:
         return data, "no self-hosted vmemmap ranges"
     rows = [[r.block, r.state, r.node, r.zone or "-", f"{r.start_pfn:#x}",
              f"{r.start_pfn + r.nr_pages - 1:#x}", r.nr_pages] for r in ranges]
-    return data, tabulate(rows, headers=["block", "state", "node", "zone", "first pfn",
-                                         "last pfn", "pages"])
+    headers = ["block", "state", "node", "zone", "first pfn", "last pfn", "pages"]
+    if any(r.reserved_pages != r.nr_pages for r in ranges):
+        # memmap_on_memory=force: the area the kernel reserves and marks.
+        for row, r in zip(rows, ranges):
+            row.append(r.reserved_pages)
+        headers.append("reserved (force)")
+    return data, tabulate(rows, headers=headers)
 
 
 def cmd_blocks(prog: Program, args: Any) -> Tuple[Any, str]:
@@ -110,6 +115,8 @@ def cmd_features(prog: Program, args: Any) -> Tuple[Any, str]:
                                 "PG_swapbacked", "PG_head", "PG_lru")},
         "section_flags": f.section_flags.masks, "sections_per_block": f.sections_per_block,
         "hpg_vmemmap_optimized": f.hpg_vmemmap_optimized,
+        "pageblock_order": f.pageblock_order,
+        "pageblock_order_source": f.pageblock_order_source,
     }
     rows = [[k, v] for k, v in d.items()]
     return d, tabulate(rows, tablefmt="plain")

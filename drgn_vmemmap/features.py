@@ -8,7 +8,7 @@ memory block records its vmemmap pages, and the layout of ``struct page``.
 Results are cached per program under ``"drgn_vmemmap."`` keys.
 """
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from drgn import FaultError, ObjectNotFoundError, Program, TypeKind, sizeof
 from drgn.helpers.common.prog import takes_program_or_default
@@ -92,6 +92,10 @@ class Features(NamedTuple):
     nodes_shift: int
     zones_shift: int
     zone_names: List[str]
+    #: ``pageblock_order`` and how it was found (see :func:`_pageblock_order`);
+    #: the order is None when it cannot be told.
+    pageblock_order: Optional[int] = None
+    pageblock_order_source: str = ""
 
     def page_node(self, flags):
         """Node ids of ``flags`` (an int or a numpy u64 array)."""
@@ -243,6 +247,49 @@ def _vmemmap_reserved(prog: Program) -> bool:
     return "PGTY_offline" not in enum and enum.get("PAGE_TYPE_BASE") != 0x80000000
 
 
+def _symbol_exists(prog: Program, name: str) -> bool:
+    try:
+        prog.symbol(name)
+        return True
+    except LookupError:
+        return False
+
+
+def _pageblock_order(prog: Program, page_shift: int) -> Tuple[Optional[int], str]:
+    """
+    ``pageblock_order`` (include/linux/pageblock-flags.h), which decides how
+    many pages ``memmap_on_memory=force`` reserves per block.  A variable only
+    with CONFIG_HUGETLB_PAGE_SIZE_VARIABLE; otherwise a macro over config
+    options, told apart here by the symbols they bring:
+
+    - HugeTLB (``hstates``): min(HUGETLB_PAGE_ORDER, MAX_PAGE_ORDER);
+    - else THP (``transparent_hugepage_flags``): min(HPAGE_PMD_ORDER,
+      MAX_PAGE_ORDER) (the THP case since v6.10; older kernels used
+      MAX_PAGE_ORDER there);
+    - else MAX_PAGE_ORDER, from ``struct zone``'s ``free_area[NR_PAGE_ORDERS]``.
+
+    Assumes CONFIG_PAGE_BLOCK_MAX_ORDER (7.0+) at its default, MAX_PAGE_ORDER.
+    On x86-64 the huge page orders are the PMD order, page_shift - 3.
+    """
+    try:
+        return prog["pageblock_order"].value_(), "variable pageblock_order"
+    except (KeyError, LookupError, FaultError):
+        pass
+    try:
+        nr_orders = prog.type("struct zone").member("free_area").type.length
+    except (LookupError, AttributeError):
+        return None, "unknown (no struct zone free_area)"
+    if not nr_orders:
+        return None, "unknown (no struct zone free_area)"
+    max_order = nr_orders - 1
+    pmd_order = page_shift - 3
+    if _symbol_exists(prog, "hstates"):
+        return min(pmd_order, max_order), "HugeTLB: min(HUGETLB_PAGE_ORDER, MAX_PAGE_ORDER)"
+    if _symbol_exists(prog, "transparent_hugepage_flags"):
+        return min(pmd_order, max_order), "THP: min(HPAGE_PMD_ORDER, MAX_PAGE_ORDER)"
+    return max_order, "no HugeTLB or THP: MAX_PAGE_ORDER"
+
+
 # mm/page_alloc.c zone_names[]: what struct zone::name says for each zone_type.
 _ZONE_NAMES = {"ZONE_DMA": "DMA", "ZONE_DMA32": "DMA32", "ZONE_NORMAL": "Normal",
                "ZONE_HIGHMEM": "HighMem", "ZONE_MOVABLE": "Movable", "ZONE_DEVICE": "Device"}
@@ -323,6 +370,8 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
     )
     hpg = _enumerators(prog, "enum hugetlb_page_flags").get("HPG_vmemmap_optimized")
     nodes_shift, zones_shift, zone_names = _node_zone_layout(prog)
+    page_shift = prog["PAGE_SHIFT"].value_()
+    pb_order, pb_source = _pageblock_order(prog, page_shift)
 
     result = Features(
         markers=markers,
@@ -333,7 +382,7 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         vmemmap_reserved=_vmemmap_reserved(prog),
         memmap_on_memory=_memmap_on_memory(prog),
         layout=layout,
-        page_shift=prog["PAGE_SHIFT"].value_(),
+        page_shift=page_shift,
         section_size_bits=prog["SECTION_SIZE_BITS"].value_(),
         sections_per_block=prog["sections_per_block"].value_(),
         hpg_vmemmap_optimized=hpg,
@@ -341,6 +390,8 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         nodes_shift=nodes_shift,
         zones_shift=zones_shift,
         zone_names=zone_names,
+        pageblock_order=pb_order,
+        pageblock_order_source=pb_source,
     )
     prog.cache[key] = result
     return result

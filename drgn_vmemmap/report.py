@@ -26,7 +26,13 @@ SCHEMA = 1
 
 
 class Range(NamedTuple):
-    """A self-hosted vmemmap range found from the page tables."""
+    """
+    A self-hosted vmemmap range found from the page tables: ``nr_pages``
+    frames from ``start_pfn`` back the block's struct pages.
+    ``reserved_pages`` (>= ``nr_pages``) is the block's whole vmemmap area,
+    which the kernel marks and accounts: with ``memmap_on_memory=force`` the
+    frames padded up to a whole pageblock, else the frames alone.
+    """
 
     block: int
     start_pfn: int
@@ -34,6 +40,12 @@ class Range(NamedTuple):
     state: str
     node: Optional[int]
     zone: Optional[str]
+    reserved_pages: int = 0
+
+    @property
+    def area_end_pfn(self) -> int:
+        """End of the vmemmap area (frames plus any force-mode padding)."""
+        return self.start_pfn + max(self.nr_pages, self.reserved_pages)
 
 
 class Violation(NamedTuple):

@@ -200,15 +200,20 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
                 if a.reserve != 0:
                     problems.append(("reserve = 0", f"reserve = {a.reserve}"))
                 # free is the reserved area: what population used, padded
-                # up to a pageblock in force mode (6.6+).
-                if f.memmap_on_memory == "force":
+                # up to whole pageblocks in force mode (6.6+).
+                area = ctx.vmemmap_area(b.id)
+                if f.memmap_on_memory == "force" and f.pageblock_order is None:
                     if a.free < found:
                         problems.append((f"free >= {found} (+ pageblock padding in force mode)",
                                          f"free = {a.free}"))
-                elif a.free != found:
-                    problems.append((f"free = {found}", f"free = {a.free}"))
+                elif a.free != area:
+                    why = (f" ({found} frames padded to pageblocks of "
+                           f"{1 << f.pageblock_order} pages: memmap_on_memory=force)"
+                           if area != found else "")
+                    problems.append((f"free = {area}{why}", f"free = {a.free}"))
         if problems:
-            n = max(found, a.free if a else 0, a.alloc if a else 0, 1)
+            n = max(found, ctx.vmemmap_area(b.id), a.free if a else 0,
+                    a.alloc if a else 0, 1)
             yield _v(rule, b.start_pfn, b.start_pfn + n, "; ".join(p[0] for p in problems),
                      "; ".join(p[1] for p in problems),
                      f"block {b.id}'s vmemmap record disagrees with the page tables",
@@ -284,6 +289,15 @@ def _marker_masks(ctx, cols) -> Dict[str, np.ndarray]:
     return out
 
 
+def _what(r, pfn: int) -> str:
+    """How to name the pages of a block's vmemmap area from ``pfn`` on: its
+    self-hosted frames, or the pageblock padding memmap_on_memory=force
+    reserves (and marks) after them."""
+    if pfn >= r.start_pfn + r.nr_pages:
+        return "memmap_on_memory=force padding pages"
+    return "self-hosted vmemmap pages"
+
+
 def vmemmap_unmarked(ctx) -> Iterator[Result]:
     rule = "vmemmap-unmarked"
     page_markers = [m for m in ctx.features.markers if not m.startswith("SECTION_")]
@@ -291,7 +305,7 @@ def vmemmap_unmarked(ctx) -> Iterator[Result]:
         yield NotChecked(rule, "scheme absent: this kernel has no per-page self-hosted marker")
         return
     for r in ctx.self_hosted_by_block().values():
-        start, end = r.start_pfn, r.start_pfn + r.nr_pages
+        start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
             yield NotChecked(rule, f"block {r.block} is {r.state}: its memmap is uninitialised",
                              start, end)
@@ -306,12 +320,12 @@ def vmemmap_unmarked(ctx) -> Iterator[Result]:
             for s, e in _runs(readable & ~has, start):
                 bad_any = True
                 yield _v(rule, s, e, name, "clear",
-                         f"self-hosted vmemmap pages of block {r.block} lack {name}",
+                         f"{_what(r, s)} of block {r.block} lack {name}",
                          section=ctx.section_nr(s), block=r.block)
         for s, e in _runs(readable & poisoned, start):
             bad_any = True
             yield _v(rule, s, e, "initialised struct pages", "poisoned (all ones)",
-                     f"self-hosted vmemmap pages of online block {r.block} are poisoned",
+                     f"{_what(r, s)} of online block {r.block} are poisoned",
                      section=ctx.section_nr(s), block=r.block)
         if not bad_any and readable.any():
             yield Holds(rule)
@@ -329,7 +343,7 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
     # release does for hot-plugged memmap otherwise.
     vmemmap_type = any(m in f.markers for m in ("PGTY_vmemmap", "PG_vmemmap"))
     for r in ctx.self_hosted_by_block().values():
-        start, end = r.start_pfn, r.start_pfn + r.nr_pages
+        start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
             yield NotChecked(rule, f"block {r.block} is {r.state}: its memmap is uninitialised",
                              start, end)
@@ -383,7 +397,7 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
             for s, e in _runs(ok & bad, start):
                 bad_any = True
                 yield _v(rule, s, e, expected, describe(s - start),
-                         f"self-hosted vmemmap page of block {r.block} in the wrong state",
+                         f"{_what(r, s)} of block {r.block} in the wrong state",
                          section=ctx.section_nr(s), block=r.block)
         if not bad_any and ok.any():
             yield Holds(rule)

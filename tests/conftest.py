@@ -59,6 +59,17 @@ def vmlinux_for(key: Union[str, Dict[str, Any]]) -> Optional[Path]:
     return None
 
 
+def kernel_config(key: Union[str, Dict[str, Any]], option: str) -> Optional[str]:
+    """``CONFIG_<option>``'s value in the committed config of kernel ``key``
+    (or a fixture manifest's kernel); None when unset."""
+    if isinstance(key, dict):
+        key = key["kernel"]["key"]
+    for line in (KERNELS / key / "config").read_text().splitlines():
+        if line.startswith(f"CONFIG_{option}="):
+            return line.split("=", 1)[1]
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def fixture_program(name: str) -> drgn.Program:
     """Open fixture ``name`` with its kernel's vmlinux (cached per name)."""

@@ -45,9 +45,14 @@ def test_corpus_present():
 def test_ranges_match_ground_truth(name, reports):
     report = reports(name)
     faulted = pagetable_faults(MANIFESTS[name])
-    truth = [(r["block"], r["start_pfn"], r["nr_pages"], r["state"], r["node"])
+    # reserved_pages: the vmemmap area, frames plus memmap_on_memory=force's
+    # pageblock padding, which the guest's kpageflags showed marked (older
+    # manifests predate the field: no padding).
+    truth = [(r["block"], r["start_pfn"], r["nr_pages"], r.get("reserved_pages", r["nr_pages"]),
+              r["state"], r["node"])
              for r in MANIFESTS[name]["truth"]["self_hosted"] if r["block"] not in faulted]
-    found = [(r.block, r.start_pfn, r.nr_pages, r.state, r.node) for r in report.ranges]
+    found = [(r.block, r.start_pfn, r.nr_pages, r.reserved_pages, r.state, r.node)
+             for r in report.ranges]
     assert found == sorted(truth)
 
 
@@ -82,3 +87,34 @@ def test_every_rule_violated_somewhere(reports):
     caught = {v.rule for name in NAMES for v in reports(name).violations}
     assert expected <= caught
     assert len(expected) >= 7
+
+
+FORCE = [n for n in NAMES if MANIFESTS[n]["truth"].get("force_padding_pages")]
+
+
+def test_force_fixture_present():
+    assert FORCE, "the corpus has a memmap_on_memory=force fixture with padding"
+
+
+@pytest.mark.parametrize("name", FORCE)
+def test_force_padding(name, reports):
+    """memmap_on_memory=force: 512 frames of memmap, 1024 pages reserved.
+
+    The padding the guest's dmesg and kpageflags showed equals what the tool
+    derives from pageblock_order, and every block's altmap->free records it
+    (but the one faultmod changed)."""
+    m = MANIFESTS[name]
+    prog = fixture_program(name)
+    report = reports(name)
+    f = report.features
+    assert f["memmap_on_memory_mode"] == "force"
+    padding = m["truth"]["force_padding_pages"]
+    assert (1 << f["pageblock_order"]) == 512 + padding
+    assert report.ranges and all(r.reserved_pages == r.nr_pages + padding
+                                 for r in report.ranges)
+    freed = {flt["target"]["block"] for flt in m["faults"] if flt["op"] == "block_altmap_free"}
+    from drgn_vmemmap import memory_map
+    mm = memory_map(prog)
+    for r in report.ranges:
+        a = mm.blocks[r.block].altmap
+        assert (a.alloc, a.free) == (512, 512 if r.block in freed else 512 + padding)

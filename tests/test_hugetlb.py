@@ -8,11 +8,20 @@ in the page tables), and one without the mark must not.
 
 import pytest
 
-from conftest import fixture_program, manifests
+from conftest import fixture_program, kernel_config, manifests
+from drgn_vmemmap import check
 from drgn_vmemmap.check import Context
 
 MANIFESTS = manifests()
-NAMES = sorted(MANIFESTS)
+
+
+def has_hugetlb(name):
+    """Whether the fixture's kernel was built with HugeTLB (its config)."""
+    return kernel_config(MANIFESTS[name], "HUGETLBFS") == "y"
+
+
+NAMES = sorted(n for n in MANIFESTS if has_hugetlb(n))
+WITHOUT = sorted(n for n in MANIFESTS if not has_hugetlb(n))
 
 
 def injected_hpg(manifest):
@@ -57,3 +66,14 @@ def test_hvo_refused_on_self_hosted_blocks(name):
                  if ctx.block_id(pfn) in hosted and pfn not in fake]
     assert in_hosted, "the scenario puts HugeTLB folios in self-hosted blocks"
     assert not any(opt for _, opt in in_hosted)
+
+
+@pytest.mark.parametrize("name", WITHOUT)
+def test_no_hugetlb_kernel(name):
+    """Without HugeTLB there are no pools and no HVO: the rule says so."""
+    ctx = Context(fixture_program(name))
+    assert ctx.features.hpg_vmemmap_optimized is None
+    report = check(fixture_program(name), rules=["hvo-self-hosted"])
+    assert [n.reason for n in report.not_checked] == [
+        "scheme absent: no HugeTLB vmemmap optimisation in this kernel"]
+    assert not report.violations

@@ -119,6 +119,9 @@ class Runner:
 def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
     g = r.g
     param = truth.memmap_on_memory_param(g)
+    # memmap_on_memory=force pads each block's vmemmap area to whole
+    # pageblocks; the kernel marks the padding like the memmap itself.
+    padding = truth.force_padding(g) if param.lower() == "force" else 0
     blocks = truth.memory_blocks(g)
     bs = r.block_size
     pages_per_block = bs // PAGE_SIZE
@@ -150,13 +153,16 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
         if bid in hot:
             kpf[str(bid)] = runs
             n = hot[bid]["vmemmap_pages"]
+            marked = n + padding if n else 0
             b["vmemmap_pages"] = n
+            if marked != n:
+                b["reserved_pages"] = marked
             if b["state"] == "online":
                 seen = truth.vmemmap_run(runs, b["start_pfn"])
-                if seen != n:
+                if seen != marked:
                     raise RuntimeError(
                         f"block {bid}: kpageflags shows a PG_owner_priv_1 run of {seen} "
-                        f"pages at its start, the rule expects {n}")
+                        f"pages at its start, the rule expects {marked}")
                 if marking:
                     # The marking patch promises PGTY_vmemmap (kpageflags bit
                     # 43) and PG_reserved on exactly the same pages.
@@ -170,18 +176,22 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
                 b["vmemmap_source"] = "rule"
             if n:
                 ranges.append({"block": bid, "start_pfn": b["start_pfn"], "nr_pages": n,
+                               "reserved_pages": marked,
                                "state": b["state"], "node": b["node"]})
         out_blocks.append(b)
     return {
         "memmap_on_memory": param,
+        "force_padding_pages": padding,
         "block_size_bytes": bs,
         "blocks": out_blocks,
         "dimms": sorted(dimms.values(), key=lambda d: d["addr"]),
         "self_hosted": ranges,
         "kpageflags": kpf,
         "hugepage_heads": hugepages,
+        # 0 on a kernel without HugeTLB (the force kernel).
         "nr_hugepages": {n: int(g.sh(f"cat /sys/devices/system/node/node{n}/hugepages/"
-                                     "hugepages-2048kB/nr_hugepages").strip())
+                                     "hugepages-2048kB/nr_hugepages 2>/dev/null "
+                                     "|| echo 0").strip())
                          for n in (0, 1)},
         "uname": g.sh("uname -r").strip(),
         "meminfo": dict(line.split(":", 1)[0:2] for line in

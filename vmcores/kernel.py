@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .paths import CACHE, HERE, run
 
@@ -28,6 +28,12 @@ class KernelSpec(NamedTuple):
     suite: Optional[str]  # None: the machine's own apt sources
     fragments: List[str]
     patches: List[str]
+    #: REQUIRED options this kernel turns off on purpose (its fragment says =n).
+    without: Tuple[str, ...] = ()
+    #: Commit only lean debug info (no line tables, location lists or CFI,
+    #: which drgn-vmemmap never reads) and no bzImage: a dump-only kernel
+    #: that keeps ``vmcores/`` within its budget.
+    lean: bool = False
 
 
 KERNELS: Dict[str, KernelSpec] = {
@@ -39,6 +45,14 @@ KERNELS: Dict[str, KernelSpec] = {
     # PGTY_vmemmap page type with PG_reserved (2019).  See the patch header.
     "6.12-marking": KernelSpec("6.12-marking", "linux-source-6.12", None,
                                ["base", "6.12", "marking"], ["6.12-vmemmap-marking.patch"]),
+    # 6.12 without HugeTLB and THP (pageblock order 10), booted with
+    # memory_hotplug.memmap_on_memory=force: 1024 pages reserved per block
+    # for a 512-page memmap.  See configs/force.config.
+    "6.12-force": KernelSpec("6.12-force", "linux-source-6.12", None,
+                             ["base", "6.12", "force"], [],
+                             without=("HUGETLBFS", "HUGETLB_PAGE",
+                                      "HUGETLB_PAGE_OPTIMIZE_VMEMMAP"),
+                             lean=True),
 }
 
 # Options whose absence makes a fixture meaningless.  Checked after
@@ -170,13 +184,16 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
          str(obj / ".config"), *fragments], env=env, cwd=tree)
     run(make + ["olddefconfig"], env=env)
     config = read_config(obj / ".config")
-    missing = [o for o in REQUIRED if config.get(o) != "y"]
+    missing = [o for o in REQUIRED if o not in spec.without and config.get(o) != "y"]
+    # Every option the fragments ask for must survive, "=n" included; a later
+    # fragment overrides an earlier one, as merge_config.sh does.
+    wanted: Dict[str, str] = {}
     for f in fragments:
-        # Every option a fragment asks for must survive, "=n" included.
-        for opt, val in read_config(Path(f)).items():
-            have = config.get(opt, "n")
-            if val != have and not (val == "n" and opt not in config):
-                missing.append(f"{opt}={val} (got {have})")
+        wanted.update(read_config(Path(f)))
+    for opt, val in wanted.items():
+        have = config.get(opt, "n")
+        if val != have and not (val == "n" and opt not in config):
+            missing.append(f"{opt}={val} (got {have})")
     if missing:
         raise RuntimeError(f"kernel {key}: config lost required options: "
                            + ", ".join(sorted(set(missing))))
@@ -193,30 +210,42 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     return out
 
 
-def debug_vmlinux(build: Path) -> Path:
-    """A debug-info-only copy of vmlinux, dwz-compressed: what gets committed."""
-    dbg = build / "vmlinux.debug"
+#: Sections a lean debug file drops: line tables, location lists and call
+#: frame information, which type and variable look-ups never read (about a
+#: third of the compressed size).
+LEAN_DROP = (".debug_line", ".debug_loclists", ".debug_frame")
+
+
+def debug_vmlinux(build: Path, lean: bool = False) -> Path:
+    """A debug-info-only copy of vmlinux, dwz-compressed: what gets committed.
+    ``lean`` then drops LEAN_DROP (after dwz, which needs the line tables)."""
+    dbg = build / ("vmlinux.lean" if lean else "vmlinux.debug")
     if not dbg.exists():
-        tmp = build / "vmlinux.debug.tmp"
+        tmp = build / (dbg.name + ".tmp")
         run(["objcopy", "--only-keep-debug", "--compress-debug-sections=none",
              str(build / "vmlinux"), str(tmp)])
         # dwz exits non-zero when it finds nothing to share; that is harmless.
         subprocess.run(["dwz", "-L", "none", str(tmp)], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if lean:
+            run(["objcopy", *[f"--remove-section={s}" for s in LEAN_DROP], str(tmp)])
         tmp.rename(dbg)
     return dbg
 
 
 def commit_kernel(key: str) -> Path:
-    """Copy a built kernel into ``vmcores/kernels/KEY`` (bzImage, config, vmlinux.xz)."""
+    """Copy a built kernel into ``vmcores/kernels/KEY``: config, release,
+    source-version, ``vmlinux.xz`` and, unless the kernel is lean, bzImage."""
+    spec = KERNELS[key]
     build = build_kernel(key)
     dest = HERE / "kernels" / key
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(build / "bzImage", dest / "bzImage")
+    if not spec.lean:
+        shutil.copy(build / "bzImage", dest / "bzImage")
     shutil.copy(build / "config", dest / "config")
     for name in ("release", "source-version"):
         shutil.copy(build / name, dest / name)
-    dbg = debug_vmlinux(build)
+    dbg = debug_vmlinux(build, spec.lean)
     with open(dest / "vmlinux.xz", "wb") as f:
         subprocess.run(["xz", "-9e", "-T1", "-c", str(dbg)], stdout=f, check=True)
     return dest

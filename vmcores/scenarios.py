@@ -187,6 +187,48 @@ _add("faults", Scenario("6.12-marking", list(_BASIC) + _FAULTS_MARKING, _MARKING
     "PG_reserved cleared on two vmemmap pages.")))
 
 
+# The 6.12-force kernel has neither HugeTLB nor THP, so pageblock_order is
+# MAX_PAGE_ORDER (10): a 128 MiB block's 512-page memmap is half a pageblock,
+# memmap_on_memory=1 refuses every block and =force reserves 1024 pages per
+# block (altmap free 1024, alloc 512).  The kernel marks all 1024 with
+# PG_vmemmap_self_hosted.  One fixture, clean except for faults on the
+# padding and its accounting: every block without a fault must check clean.
+_FORCE = [
+    ("plug", "dimm0", 256, 1),
+    ("plug", "dimm1", 128, 0),
+    ("plug", "dimm2", 256, 1),
+    ("online", "dimm0", "all", "online_movable"),
+    ("online", "dimm1", "all", "online_kernel"),
+    ("online", "dimm2", [0], "online_movable"),
+    ("offline", "dimm0", [1]),
+    # The padding lost its marker: the kernel would hand those pages to
+    # nothing, yet it relies on the marker when offlining.
+    ("fault", "clear_flag", {"dimm": "dimm0", "block": 0, "offset": 700, "count": 5,
+                             "flag": "owner_priv_1",
+                             "expect": _expect("vmemmap-unmarked", "$pfn", "$pfn+5")}),
+    # The first pages past the padding: ordinary memory, marker stray.
+    ("fault", "set_flag", {"dimm": "dimm0", "block": 0, "offset": 1024, "count": 2,
+                           "flag": "owner_priv_1",
+                           "expect": _expect("marker-stray", "$pfn", "$pfn+2")}),
+    # A padding page with an extra reference.
+    ("fault", "page_ref", {"dimm": "dimm2", "block": 0, "offset": 900, "count": 1,
+                           "value": 1,
+                           "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+1")}),
+    # altmap->free without the padding (what memmap_on_memory=1 would record).
+    ("fault", "block_altmap_free", {"dimm": "dimm1", "block": 0, "value": 512,
+                                    "expect": _expect("altmap-mismatch", "$pfn",
+                                                      "$pfn+1024")}),
+]
+_add("faults", Scenario("6.12-force", _FORCE, (
+    "6.12 without HugeTLB/THP (pageblock order 10) booted with "
+    "memory_hotplug.memmap_on_memory=force: each hot-plugged block reserves 1024 "
+    "pages for its 512-page memmap, all marked.  Three DIMMs as in hotplug-basic "
+    "(no HugeTLB pools); then faultmod.ko clears the marker on five padding pages, "
+    "sets it on the two pages after the padding, adds a reference to a padding page "
+    "and sets one block's altmap->free to 512."),
+    mem_mb=512, cmdline="memory_hotplug.memmap_on_memory=force"))
+
+
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
     full = f"{kernel}-{name}"
     if full not in SCENARIOS:

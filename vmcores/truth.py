@@ -89,3 +89,15 @@ def hugepage_heads(runs: List[List[Any]]) -> List[int]:
         if "huge" in names and "compound_head" in names:
             out.extend(range(pfn, pfn + n))
     return out
+
+
+def force_padding(guest: Guest) -> int:
+    """Pages ``memmap_on_memory=force`` reserves in each block beyond its
+    memmap, as the kernel logs them at boot (6.6+, mm/memory_hotplug.c:
+    "Memory hotplug will waste N pages in each memory block"); 0 if the
+    kernel said nothing."""
+    import re
+
+    out = guest.sh("dmesg | grep 'Memory hotplug will waste' || true")
+    m = re.search(r"will waste (\d+) pages", out)
+    return int(m.group(1)) if m else 0
