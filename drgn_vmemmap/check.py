@@ -244,15 +244,28 @@ def vmemmap_area_pages(mm: MemoryMap, block: Optional[Block], start_pfn: int,
 
 
 def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
-    """Self-hosted vmemmap ranges found from the page tables, one per block
-    (more if a block's self-hosted frames are not contiguous)."""
-    out = []
+    """
+    Self-hosted vmemmap ranges found from the page tables, one per block.
+
+    ``nr_pages`` counts the block's frames that back its own struct pages;
+    ``reserved_pages`` spans its vmemmap area from ``start_pfn``: to the last
+    such frame, and on to whole pageblocks with ``memmap_on_memory=force``.
+    Frames of the area that back nothing (``reserved_pages`` beyond
+    ``nr_pages`` without force padding) are what an HVO-style remap of
+    self-hosted vmemmap leaves behind; altmap-mismatch reports them.
+    """
+    runs: Dict[int, List["_backing.SelfHostedRange"]] = {}
     for r in _backing.self_hosted_ranges(mm, extents):
-        b = mm.blocks.get(r.block)
-        out.append(Range(r.block, r.start_pfn, r.nr_pages,
+        runs.setdefault(r.block, []).append(r)
+    out = []
+    for bid, rs in sorted(runs.items()):
+        b = mm.blocks.get(bid)
+        start = rs[0].start_pfn
+        span = rs[-1].start_pfn + rs[-1].nr_pages - start
+        out.append(Range(bid, start, sum(r.nr_pages for r in rs),
                          state_name(b.state) if b else "?", b.nid if b else None,
                          b.zone if b else None,
-                         vmemmap_area_pages(mm, b, r.start_pfn, r.nr_pages)))
+                         vmemmap_area_pages(mm, b, start, span)))
     return out
 
 

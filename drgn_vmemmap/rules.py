@@ -214,9 +214,12 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
         if problems:
             n = max(found, ctx.vmemmap_area(b.id), a.free if a else 0,
                     a.alloc if a else 0, 1)
+            message = f"block {b.id}'s vmemmap record disagrees with the page tables"
+            if a is not None and 0 < found < a.alloc:
+                message += (f": {a.alloc - found} of the frames it allocated back no struct "
+                            "page (remapped away, as HVO does?)")
             yield _v(rule, b.start_pfn, b.start_pfn + n, "; ".join(p[0] for p in problems),
-                     "; ".join(p[1] for p in problems),
-                     f"block {b.id}'s vmemmap record disagrees with the page tables",
+                     "; ".join(p[1] for p in problems), message,
                      section=b.id * f.sections_per_block, block=b.id)
         else:
             yield Holds(rule)
@@ -495,6 +498,13 @@ def section_marker(ctx) -> Iterator[Result]:
 
 
 def hvo_self_hosted(ctx) -> Iterator[Result]:
+    """
+    HugeTLB vmemmap optimisation must leave self-hosted memmap alone (the
+    reason the markers exist): no folio in a self-hosted block, or whose
+    struct pages sit on self-hosted frames, may be optimised, whether the
+    kernel says so (``HPG_vmemmap_optimized``) or the page tables show it
+    (the folio's vmemmap pages aliased onto one frame).
+    """
     rule = "hvo-self-hosted"
     f = ctx.features
     if f.hpg_vmemmap_optimized is None:
@@ -508,7 +518,8 @@ def hvo_self_hosted(ctx) -> Iterator[Result]:
     exclusive = "PG_vmemmap_self_hosted" not in f.markers
     bad = 0
     for pfn, nr_pages, optimized in folios:
-        if not optimized:
+        remapped = any(e.aliased for e in ctx.extents_overlapping(pfn, pfn + nr_pages))
+        if not optimized and not remapped:
             continue
         bid = ctx.block_id(pfn)
         backing_hosted = ctx.struct_pages_self_hosted(pfn, pfn + nr_pages)
@@ -518,9 +529,14 @@ def hvo_self_hosted(ctx) -> Iterator[Result]:
             why = (f"block {bid} has self-hosted vmemmap" if in_hosted_block else
                    "its struct pages are backed by self-hosted frames" if backing_hosted else
                    "HVO and memmap_on_memory are exclusive on this kernel")
-            yield _v(rule, pfn, pfn + nr_pages, "no HPG_vmemmap_optimized",
-                     "HPG_vmemmap_optimized", f"HugeTLB folio at {pfn:#x} is vmemmap-optimised "
-                     f"but {why}", section=ctx.section_nr(pfn), block=bid)
+            found = ("HPG_vmemmap_optimized, vmemmap remapped" if optimized and remapped else
+                     "HPG_vmemmap_optimized (vmemmap not remapped)" if optimized else
+                     "vmemmap remapped (aliased frames) without HPG_vmemmap_optimized")
+            yield _v(rule, pfn, pfn + nr_pages, "not vmemmap-optimised", found,
+                     f"HugeTLB folio at {pfn:#x} is vmemmap-optimised but {why}: HVO frees "
+                     "or remaps memmap pages the block's altmap owns, and offlining or "
+                     "removing the block frees pages still in use as memmap",
+                     section=ctx.section_nr(pfn), block=bid)
     if not bad:
         yield Holds(rule)
 

@@ -104,9 +104,14 @@ def prog(fixture_name: str) -> drgn.Program:
 def pagetable_faults(manifest: Dict[str, Any]) -> Dict[int, Tuple[str, Optional[int]]]:
     """Blocks whose vmemmap mapping faultmod changed after the truth was
     taken: ``{block: (op, target frame or None)}``.  Such a block no longer
-    hosts its own memmap, whatever its record says."""
+    hosts its own memmap as the truth says, whatever its record says:
+    ``pmd_clear`` unmapped it, ``pmd_remap`` pointed it at another block's
+    frames, ``hvo_remap`` aliased a folio's vmemmap onto one frame (the
+    module's ``reused_frame``)."""
     out = {}
     for f in manifest.get("faults", []):
         if f["op"] in ("pmd_clear", "pmd_remap"):
             out[f["target"]["block"]] = (f["op"], f["target"].get("value"))
+        elif f["op"] == "hvo_remap":
+            out[f["target"]["block"]] = (f["op"], f["module"]["reused_frame"])
     return out

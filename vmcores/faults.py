@@ -85,6 +85,7 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         heads = hugepage_heads(kpageflags_runs(runner.g, target["block"] * pages_per_block,
                                                pages_per_block))
         target["pfn"] = heads[args["hugepage"]]
+        target["block_pfn"] = target["block"] * pages_per_block
     params = {"op": op, "memory_blocks_addr": symbol(runner.scenario.kernel, "memory_blocks")}
     for k in ("pfn", "count", "flag", "sflag", "value", "mask", "block", "section"):
         if k in target:

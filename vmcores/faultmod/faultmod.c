@@ -20,6 +20,8 @@
  *   op=block_start_section block=B value=S        (memory_block->start_section_nr = S)
  *   op=pmd_clear pfn=P                            (unmap the 2 MiB vmemmap leaf holding P's struct page)
  *   op=pmd_remap pfn=P value=F                    (point that leaf at frames F.. instead)
+ *   op=hvo_remap pfn=HEAD                         (do to a 2 MiB HugeTLB folio's vmemmap what
+ *                                                  HVO does, on a PMD-mapped vmemmap; see below)
  *
  * The page-table operations are meant for offline blocks, whose struct pages
  * nothing touches before the dump; the TLB is deliberately not flushed.
@@ -217,6 +219,45 @@ static int __init faultmod_init(void)
 			set_pmd(pmd, pfn_pmd(value, __pgprot(pmd_flags(*pmd))));
 		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"va\": %lu, \"old\": %lu, \"new\": %lu}\n",
 			op, pfn, va, old, (unsigned long)pmd_val(*pmd));
+	} else if (!strcmp(op, "hvo_remap")) {
+		/*
+		 * HugeTLB vmemmap optimisation (mm/hugetlb_vmemmap.c) keeps the
+		 * first vmemmap page of a folio and maps the others read-only
+		 * onto it.  The vmemmap of a self-hosted block is one 2 MiB leaf
+		 * from its altmap: split it into a PTE table mapping the same
+		 * frames, then remap the folio's vmemmap pages 1.. onto page 0
+		 * and set HPG_vmemmap_optimized.  The frames are not freed and
+		 * the TLB is not flushed: the running kernel keeps its view
+		 * until the dump, which reads the page tables from memory.
+		 */
+		unsigned long va = (unsigned long)pfn_to_page(pfn);
+		unsigned long nr_vmemmap = (512 * sizeof(struct page)) >> PAGE_SHIFT;
+		unsigned int level;
+		pte_t *pte = lookup_address(va, &level);
+		pmd_t *pmd = (pmd_t *)pte;
+		unsigned long base, first, j;
+		pte_t *table;
+
+		if (!pte || level != PG_LEVEL_2M || (va & ~PAGE_MASK))
+			return -ENXIO;
+		table = (pte_t *)get_zeroed_page(GFP_KERNEL);
+		if (!table)
+			return -ENOMEM;
+		base = pmd_pfn(*pmd);
+		first = (va & ~PMD_MASK) >> PAGE_SHIFT;
+		for (j = 0; j < PTRS_PER_PTE; j++)
+			table[j] = pfn_pte(base + j, PAGE_KERNEL);
+		for (j = first + 1; j < first + nr_vmemmap; j++)
+			table[j] = pfn_pte(base + first, PAGE_KERNEL_RO);
+		old = pmd_val(*pmd);
+		set_pmd(pmd, __pmd(__pa(table) | _KERNPG_TABLE));
+		/* Page 0 still maps the same frame: the head is reachable. */
+		set_bit(HPG_vmemmap_optimized, &pfn_to_page(pfn)->private);
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"va\": %lu, \"old_pmd\": %lu, "
+			"\"new_pmd\": %lu, \"table_pfn\": %lu, \"reused_frame\": %lu, "
+			"\"remapped_pages\": %lu, \"orphaned_frames\": [%lu, %lu]}\n",
+			op, pfn, va, old, (unsigned long)pmd_val(*pmd), __pa(table) >> PAGE_SHIFT,
+			base + first, nr_vmemmap - 1, base + first + 1, base + first + nr_vmemmap);
 	} else {
 		return -EINVAL;
 	}
