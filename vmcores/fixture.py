@@ -175,9 +175,12 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
             else:
                 b["vmemmap_source"] = "rule"
             if n:
-                ranges.append({"block": bid, "start_pfn": b["start_pfn"], "nr_pages": n,
-                               "reserved_pages": marked,
-                               "state": b["state"], "node": b["node"]})
+                entry = {"block": bid, "start_pfn": b["start_pfn"], "nr_pages": n,
+                         "state": b["state"], "node": b["node"]}
+                if marked != n:
+                    # memmap_on_memory=force: the marked area, past the frames.
+                    entry["reserved_pages"] = marked
+                ranges.append(entry)
         out_blocks.append(b)
     return {
         "memmap_on_memory": param,
