@@ -64,13 +64,14 @@ def cmd_ranges(prog: Program, args: Any) -> Tuple[Any, str]:
     if not ranges:
         return data, "no self-hosted vmemmap ranges"
     rows = [[r.block, r.state, r.node, r.zone or "-", f"{r.start_pfn:#x}",
-             f"{r.start_pfn + r.nr_pages - 1:#x}", r.nr_pages] for r in ranges]
+             f"{r.area_end_pfn - 1:#x}", r.nr_pages] for r in ranges]
     headers = ["block", "state", "node", "zone", "first pfn", "last pfn", "pages"]
     if any(r.reserved_pages != r.nr_pages for r in ranges):
-        # memmap_on_memory=force: the area the kernel reserves and marks.
+        # The vmemmap area runs past the frames: memmap_on_memory=force
+        # padding, or frames remapped away inside it.
         for row, r in zip(rows, ranges):
-            row.append(r.reserved_pages)
-        headers.append("reserved (force)")
+            row[-1] = f"{r.nr_pages} of {r.reserved_pages}"
+        headers[-1] = "frames of area"
     return data, tabulate(rows, headers=headers)
 
 
@@ -140,7 +141,7 @@ def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) ->
                                          "node": b.nid, "zone": b.zone,
                                          "vmemmap_pages": b.vmemmap_pages},
     }
-    inside = [r for r in ranges if r.start_pfn <= pfn < r.start_pfn + r.nr_pages]
+    inside = [r for r in ranges if r.start_pfn <= pfn < r.area_end_pfn]
     out["self_hosted_range"] = inside[0]._asdict() if inside else None
     # HVO aliases one frame under many struct pages: frames_to_described()
     # knows, a linear computation would not.
@@ -166,8 +167,9 @@ def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) ->
             flags = int(cols.flags[0])
             out["page"] = {
                 "flags": flags,
-                "flag_names": sorted(n for n, bit in f.page_flags.items()
-                                     if flags >> bit & 1 and n not in ("PG_vmemmap_self_hosted",)),
+                # Every name of each set bit, aliases included: which
+                # meaning of PG_owner_priv_1 applies is the checker's call.
+                "flag_names": sorted(n for n, bit in f.page_flags.items() if flags >> bit & 1),
                 "page_type": int(cols.page_type[0]),
                 "type": scan.type_name(int(cols.page_type[0]), f) or "none",
                 "node": int(f.page_node(flags)),
@@ -194,8 +196,15 @@ def cmd_explain(prog: Program, args: Any) -> Tuple[Any, str]:
                      f"{blk['zone']}, recorded vmemmap pages {blk['vmemmap_pages']}")
     if d["self_hosted_range"]:
         r = d["self_hosted_range"]
-        lines.append(f"  inside block {r['block']}'s self-hosted vmemmap "
-                     f"[{r['start_pfn']:#x}, {r['start_pfn'] + r['nr_pages']:#x})")
+        end = r["start_pfn"] + max(r["nr_pages"], r["reserved_pages"])
+        line = (f"  inside block {r['block']}'s self-hosted vmemmap area "
+                f"[{r['start_pfn']:#x}, {end:#x})")
+        if not d["holds_struct_pages_of"]:
+            line += (": memmap_on_memory=force padding, holds no struct page"
+                     if r["reserved_pages"] > r["nr_pages"] and
+                     d["pfn"] >= r["start_pfn"] + r["nr_pages"] else
+                     ": holds no struct page (remapped away?)")
+        lines.append(line)
     for h in d["holds_struct_pages_of"]:
         lines.append(f"  this frame holds the struct pages of pfns {h['first_pfn']:#x}-"
                      f"{h['first_pfn'] + h['count'] - 1:#x} ({h['kind']}"

@@ -37,7 +37,7 @@ def target(name):
     vmlinux = vmlinux_for(m)
     if vmlinux is None:
         pytest.skip("no vmlinux")
-    return ["-c", FIXTURES / f"{name}.vmcore", "-s", vmlinux]
+    return ["-c", FIXTURES / m["dump"]["file"], "-s", vmlinux]
 
 
 def test_check_clean_json():
@@ -91,6 +91,35 @@ def test_explain_vmemmap_frame():
     # block's first 64 pfns.
     assert d["holds_struct_pages_of"][0]["first_pfn"] == r["start_pfn"]
     assert d["holds_struct_pages_of"][0]["kind"] == "self-hosted"
+
+
+def test_explain_force_padding():
+    """A frame of memmap_on_memory=force's padding: inside the block's area,
+    marked, holding no struct page."""
+    r = MANIFESTS["6.12-force-faults"]["truth"]["self_hosted"][0]
+    pfn = r["start_pfn"] + r["nr_pages"] + 100
+    proc = run(*target("6.12-force-faults"), "explain", hex(pfn), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["self_hosted_range"]["reserved_pages"] == r["reserved_pages"] > r["nr_pages"]
+    assert d["holds_struct_pages_of"] == []
+    assert "PG_vmemmap_self_hosted" in d["page"]["flag_names"]
+    table = run(*target("6.12-force-faults"), "explain", hex(pfn), "--format", "table").stdout
+    assert "memmap_on_memory=force padding, holds no struct page" in table
+
+
+def test_explain_orphaned_frame():
+    """A frame hvo_remap orphaned: still in the block's area, backing nothing."""
+    m = MANIFESTS["6.12-pagetables"]
+    f = next(f for f in m["faults"] if f["op"] == "hvo_remap")
+    orphan = f["module"]["orphaned_frames"][0]
+    proc = run(*target("6.12-pagetables"), "explain", hex(orphan), "--format", "table")
+    assert proc.returncode == 0, proc.stderr
+    assert "holds no struct page (remapped away?)" in proc.stdout
+    reused = run(*target("6.12-pagetables"), "explain", hex(f["module"]["reused_frame"]),
+                 "--format", "table").stdout
+    assert f"pfns {f['target']['pfn']:#x}-{f['target']['pfn'] + 511:#x} " \
+        "(self-hosted, HVO-aliased)" in reused
 
 
 def test_help_teaches():
