@@ -30,10 +30,9 @@ class KernelSpec(NamedTuple):
     patches: List[str]
     #: REQUIRED options this kernel turns off on purpose (its fragment says =n).
     without: Tuple[str, ...] = ()
-    #: Commit only lean debug info (no line tables, location lists or CFI,
-    #: which drgn-vmemmap never reads) and no bzImage: a dump-only kernel
-    #: that keeps ``vmcores/`` within its budget.
-    lean: bool = False
+    #: Commit the bzImage (live tests boot it); a kernel only dumps are
+    #: read with does without, which keeps ``vmcores/`` within its budget.
+    bzimage: bool = True
 
 
 KERNELS: Dict[str, KernelSpec] = {
@@ -52,7 +51,7 @@ KERNELS: Dict[str, KernelSpec] = {
                              ["base", "6.12", "force"], [],
                              without=("HUGETLBFS", "HUGETLB_PAGE",
                                       "HUGETLB_PAGE_OPTIMIZE_VMEMMAP"),
-                             lean=True),
+                             bzimage=False),
 }
 
 # Options whose absence makes a fixture meaningless.  Checked after
@@ -210,16 +209,17 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     return out
 
 
-#: Sections a lean debug file drops: line tables, location lists and call
-#: frame information, which type and variable look-ups never read (about a
-#: third of the compressed size).
+#: Sections the committed debug file drops: line tables, location lists and
+#: call frame information, which type and variable look-ups never read
+#: (about a third of the compressed size; drgn-vmemmap needs types,
+#: variables and symbols only).
 LEAN_DROP = (".debug_line", ".debug_loclists", ".debug_frame")
 
 
-def debug_vmlinux(build: Path, lean: bool = False) -> Path:
-    """A debug-info-only copy of vmlinux, dwz-compressed: what gets committed.
-    ``lean`` then drops LEAN_DROP (after dwz, which needs the line tables)."""
-    dbg = build / ("vmlinux.lean" if lean else "vmlinux.debug")
+def debug_vmlinux(build: Path) -> Path:
+    """A debug-info-only copy of vmlinux, dwz-compressed then stripped of
+    LEAN_DROP (after dwz, which needs the line tables): what gets committed."""
+    dbg = build / "vmlinux.lean"
     if not dbg.exists():
         tmp = build / (dbg.name + ".tmp")
         run(["objcopy", "--only-keep-debug", "--compress-debug-sections=none",
@@ -227,25 +227,24 @@ def debug_vmlinux(build: Path, lean: bool = False) -> Path:
         # dwz exits non-zero when it finds nothing to share; that is harmless.
         subprocess.run(["dwz", "-L", "none", str(tmp)], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if lean:
-            run(["objcopy", *[f"--remove-section={s}" for s in LEAN_DROP], str(tmp)])
+        run(["objcopy", *[f"--remove-section={s}" for s in LEAN_DROP], str(tmp)])
         tmp.rename(dbg)
     return dbg
 
 
 def commit_kernel(key: str) -> Path:
     """Copy a built kernel into ``vmcores/kernels/KEY``: config, release,
-    source-version, ``vmlinux.xz`` and, unless the kernel is lean, bzImage."""
+    source-version, ``vmlinux.xz`` and, if it is booted live, bzImage."""
     spec = KERNELS[key]
     build = build_kernel(key)
     dest = HERE / "kernels" / key
     dest.mkdir(parents=True, exist_ok=True)
-    if not spec.lean:
+    if spec.bzimage:
         shutil.copy(build / "bzImage", dest / "bzImage")
     shutil.copy(build / "config", dest / "config")
     for name in ("release", "source-version"):
         shutil.copy(build / name, dest / name)
-    dbg = debug_vmlinux(build, spec.lean)
+    dbg = debug_vmlinux(build)
     with open(dest / "vmlinux.xz", "wb") as f:
         subprocess.run(["xz", "-9e", "-T1", "-c", str(dbg)], stdout=f, check=True)
     return dest

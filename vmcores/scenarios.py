@@ -204,9 +204,9 @@ _add("faults", Scenario("6.12-marking", list(_BASIC) + _FAULTS_MARKING, _MARKING
 # MAX_PAGE_ORDER (10): a 128 MiB block's 512-page memmap is half a pageblock,
 # memmap_on_memory=1 refuses every block and =force reserves 1024 pages per
 # block (altmap free 1024, alloc 512).  The kernel marks all 1024 with
-# PG_vmemmap_self_hosted.  One fixture, clean except for faults on the
-# padding and its accounting: every block without a fault must check clean.
-_FORCE = [
+# PG_vmemmap_self_hosted.  A clean fixture, and one with faults on the
+# padding and its accounting.
+_FORCE_BASIC = [
     ("plug", "dimm0", 256, 1),
     ("plug", "dimm1", 128, 0),
     ("plug", "dimm2", 256, 1),
@@ -214,6 +214,8 @@ _FORCE = [
     ("online", "dimm1", "all", "online_kernel"),
     ("online", "dimm2", [0], "online_movable"),
     ("offline", "dimm0", [1]),
+]
+_FORCE_FAULTS = [
     # The padding lost its marker: the kernel would hand those pages to
     # nothing, yet it relies on the marker when offlining.
     ("fault", "clear_flag", {"dimm": "dimm0", "block": 0, "offset": 700, "count": 5,
@@ -232,14 +234,16 @@ _FORCE = [
                                     "expect": _expect("altmap-mismatch", "$pfn",
                                                       "$pfn+1024")}),
 ]
-_add("faults", Scenario("6.12-force", _FORCE, (
-    "6.12 without HugeTLB/THP (pageblock order 10) booted with "
-    "memory_hotplug.memmap_on_memory=force: each hot-plugged block reserves 1024 "
-    "pages for its 512-page memmap, all marked.  Three DIMMs as in hotplug-basic "
-    "(no HugeTLB pools); then faultmod.ko clears the marker on five padding pages, "
-    "sets it on the two pages after the padding, adds a reference to a padding page "
-    "and sets one block's altmap->free to 512."),
-    mem_mb=512, cmdline="memory_hotplug.memmap_on_memory=force"))
+_FORCE_DOC = ("6.12 without HugeTLB/THP (pageblock order 10) booted with "
+              "memory_hotplug.memmap_on_memory=force: each hot-plugged block reserves 1024 "
+              "pages for its 512-page memmap, all marked.  Three DIMMs as in hotplug-basic "
+              "(no HugeTLB pools)")
+_add("hotplug-basic", Scenario("6.12-force", list(_FORCE_BASIC), _FORCE_DOC + ".",
+                               mem_mb=512, cmdline="memory_hotplug.memmap_on_memory=force"))
+_add("faults", Scenario("6.12-force", _FORCE_BASIC + _FORCE_FAULTS, _FORCE_DOC + (
+    "; then faultmod.ko clears the marker on five padding pages, sets it on the two "
+    "pages after the padding, adds a reference to a padding page and sets one block's "
+    "altmap->free to 512."), mem_mb=512, cmdline="memory_hotplug.memmap_on_memory=force"))
 
 
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
