@@ -271,7 +271,10 @@ def test_frames_to_described(prog, manifest):
         assert got[0][2].kind == "self-hosted"
         last = frames_to_described(extents, r.start_pfn + r.nr_pages - 1)
         assert [(s, e) for s, e, _ in last] == [(b.end_pfn - per_frame, b.end_pfn)]
-        assert frames_to_described(extents, r.start_pfn + r.nr_pages) == []
+        if r.start_pfn + r.nr_pages not in shared:
+            # The first frame past a block's vmemmap holds no struct page,
+            # unless a pmd_remap fault pointed another block's memmap there.
+            assert frames_to_described(extents, r.start_pfn + r.nr_pages) == []
 
 
 def test_unmapped_hole(prog):

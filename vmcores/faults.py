@@ -44,7 +44,7 @@ def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """Turn symbolic targets into pfn / block / section numbers."""
     out = {k: v for k, v in args.items()
            if k not in ("dimm", "offset", "expect", "block_id", "hugepage", "target_dimm",
-                        "target_block")}
+                        "target_block", "target_offset")}
     if "block_id" in args:
         # A boot block, by id.
         pages_per_block = runner.block_size // PAGE_SIZE
@@ -60,10 +60,11 @@ def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         out["section"] = out["pfn"] // SECTION_PAGES + args.get("section_index", 0)
         out.pop("section_index", None)
     if "target_dimm" in args:
-        # Another DIMM block's first frame, for page-table remapping.
+        # A frame of another DIMM block (its first, or target_offset pages
+        # in), for page-table remapping.
         pages_per_block = runner.block_size // PAGE_SIZE
         out["value"] = runner.dimm_blocks(args["target_dimm"])[args.get("target_block", 0)] \
-            * pages_per_block
+            * pages_per_block + args.get("target_offset", 0)
     for k, v in list(out.items()):
         if isinstance(v, str) and v.startswith("$"):
             out[k] = _ref(v, out)
@@ -98,6 +99,16 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
                if "faultmod: {" in line]
     if len(reports) != 1:
         raise RuntimeError(f"faultmod said nothing for {op}: {out}")
+    if op == "pgtable_owner_priv":
+        # The module chose the page: a page table, which kpageflags must
+        # now show with PG_owner_priv_1.
+        from .truth import kpageflags_runs
+        pfn = reports[0]["pfn"]
+        target.update(pfn=pfn, block=pfn // (runner.block_size // PAGE_SIZE),
+                      section=pfn // SECTION_PAGES)
+        runs = kpageflags_runs(runner.g, pfn, 1)
+        if not {"owner_private", "pgtable"} <= set(runs[0][2]):
+            raise RuntimeError(f"kpageflags does not show a marked page table at {pfn}: {runs}")
     if op in ("set_flag", "clear_flag") and target.get("flag") == "owner_priv_1":
         # Confirm through the kernel's own decoder that the marker changed.
         from .truth import kpageflags_runs

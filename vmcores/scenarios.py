@@ -123,6 +123,19 @@ _FAULTS_PAGETABLES = [
     ("fault", "block_start_section", {"dimm": "dimm1", "block": 0, "value": "$section+1",
                                       "expect": _expect("block-geometry", "$pfn",
                                                         "$pfn+32768")}),
+    # Never-onlined block 37 (dimm3) gets its memmap from ordinary frames of
+    # online block 34, past that block's own vmemmap: a hot-pluggable block
+    # hosting another's memmap (cross-hosted's warning), and 37's altmap
+    # records frames its page tables no longer use.
+    ("fault", "pmd_remap", {"dimm": "dimm3", "block": 0, "target_dimm": "dimm1",
+                            "target_block": 0, "target_offset": 512,
+                            "expect": [_expect("cross-hosted", "$pfn", "$pfn+32768",
+                                               severity="warning"),
+                                       _expect("altmap-mismatch", "$pfn", "$pfn+512")]}),
+    # PG_owner_priv_1 on a user page table (pid 1's stack): Xen PV's
+    # PG_pinned looks like that, so marker-stray warns instead of failing.
+    ("fault", "pgtable_owner_priv", {"expect": _expect("marker-stray", "$pfn", "$pfn+1",
+                                                       severity="warning")}),
     # HVO done for real on a folio of online self-hosted block 32: its
     # vmemmap leaf split into PTEs, pages 1-7 of the folio's vmemmap mapped
     # onto page 0 (the 7 frames orphaned), HPG_vmemmap_optimized set.
@@ -136,11 +149,16 @@ _FAULTS_PAGETABLES = [
 # offlining then waits forever for room to migrate the folios (seen once).
 _PAGETABLES_STEPS = [s for s in _BASIC if s != ("offline", "dimm0", [1])]
 _PAGETABLES_STEPS.insert(_PAGETABLES_STEPS.index(("hugepages", 1, 24)), ("offline", "dimm0", [1]))
+# A fourth DIMM, never onlined, for the cross-hosted warning.
+_PAGETABLES_STEPS.insert(_PAGETABLES_STEPS.index(("plug", "dimm2", 256, 1)) + 1,
+                         ("plug", "dimm3", 128, 0))
 _add("pagetables", Scenario("6.12", _PAGETABLES_STEPS + _FAULTS_PAGETABLES, (
     "hotplug-basic, then faultmod.ko unmaps the vmemmap PMD of offline block 33, "
     "points offline block 36's at block 35's self-hosted frames, shifts block 34's "
-    "start_section_nr, and remaps the vmemmap of a HugeTLB folio in online block 32 "
-    "as HVO would (PMD split, 7 pages onto the first, HPG_vmemmap_optimized).  makedumpfile cannot filter a dump with unmapped vmemmap, so "
+    "start_section_nr, points never-onlined block 37's at ordinary frames of block 34, "
+    "sets PG_owner_priv_1 on a user page table (Xen's PG_pinned alias), and remaps the "
+    "vmemmap of a HugeTLB folio in online block 32 as HVO would (PMD split, 7 pages "
+    "onto the first, HPG_vmemmap_optimized).  makedumpfile cannot filter a dump with unmapped vmemmap, so "
     "this guest boots with 512 MiB and init_on_free=1 (free pages are zero, and -d 1 "
     "drops zero pages) to keep its dump small."),
     filters=(31, 17, 1), mem_mb=512, cmdline="init_on_free=1"))

@@ -22,6 +22,8 @@
  *   op=pmd_remap pfn=P value=F                    (point that leaf at frames F.. instead)
  *   op=hvo_remap pfn=HEAD                         (do to a 2 MiB HugeTLB folio's vmemmap what
  *                                                  HVO does, on a PMD-mapped vmemmap; see below)
+ *   op=pgtable_owner_priv                         (set PG_owner_priv_1 on the PTE table that maps
+ *                                                  pid 1's stack: what Xen PV's PG_pinned looks like)
  *
  * The page-table operations are meant for offline blocks, whose struct pages
  * nothing touches before the dump; the TLB is deliberately not flushed.
@@ -38,6 +40,9 @@
 #include <linux/version.h>
 #include <linux/xarray.h>
 #include <linux/memremap.h>
+#include <linux/pid.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/task.h>
 #include <asm/pgtable.h>
 
 static char *op = "";
@@ -258,6 +263,51 @@ static int __init faultmod_init(void)
 			"\"remapped_pages\": %lu, \"orphaned_frames\": [%lu, %lu]}\n",
 			op, pfn, va, old, (unsigned long)pmd_val(*pmd), __pa(table) >> PAGE_SHIFT,
 			base + first, nr_vmemmap - 1, base + first + 1, base + first + nr_vmemmap);
+	} else if (!strcmp(op, "pgtable_owner_priv")) {
+		/*
+		 * Xen PV pins page tables with PG_pinned, an alias of
+		 * PG_owner_priv_1: mark a user page table the same way.  pid 1
+		 * (the initramfs shell) lives until the dump, so does its table.
+		 */
+		struct pid *p = find_get_pid(1);
+		struct task_struct *t = p ? get_pid_task(p, PIDTYPE_PID) : NULL;
+		struct mm_struct *mm = t ? get_task_mm(t) : NULL;
+		unsigned long addr;
+		struct page *table = NULL;
+		pgd_t *pgd;
+		p4d_t *p4d;
+		pud_t *pud;
+		pmd_t *pmd;
+
+		put_pid(p);
+		if (t)
+			put_task_struct(t);
+		if (!mm)
+			return -ESRCH;
+		mmap_read_lock(mm);
+		addr = mm->start_stack;
+		pgd = pgd_offset(mm, addr);
+		p4d = p4d_offset(pgd, addr);
+		if (!p4d_none(*p4d) && !p4d_leaf(*p4d)) {
+			pud = pud_offset(p4d, addr);
+			if (!pud_none(*pud) && !pud_leaf(*pud)) {
+				pmd = pmd_offset(pud, addr);
+				if (!pmd_none(*pmd) && !pmd_leaf(*pmd))
+					table = pmd_page(*pmd);
+			}
+		}
+		if (table) {
+			old = *FLAGS_WORD(table);
+			set_bit(PG_owner_priv_1, FLAGS_WORD(table));
+			new = *FLAGS_WORD(table);
+		}
+		mmap_read_unlock(mm);
+		mmput(mm);
+		if (!table)
+			return -ENXIO;
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"addr\": %lu, \"page_type\": %u, "
+			"\"old\": %lu, \"new\": %lu}\n",
+			op, page_to_pfn(table), addr, table->page_type, old, new);
 	} else {
 		return -EINVAL;
 	}
