@@ -224,13 +224,20 @@ class Subject:
         self.init_mm = prog["init_mm"].address_of_()
         f = self.f
         # Ground truth: the manifest's (sysfs), checked against the clean report.
+        # Per block, the frames backing its struct pages and its vmemmap area
+        # (the frames, plus the pageblock padding memmap_on_memory=force
+        # reserves and marks: the guest saw it in kpageflags).
         truth = self.manifest["truth"]["self_hosted"]
+        self.frames: Dict[int, int] = {r["block"]: r["nr_pages"] for r in truth}
         self.self_hosted: Dict[int, Tuple[int, int]] = {
-            r["block"]: (r["start_pfn"], r["start_pfn"] + r["nr_pages"]) for r in truth}
-        found = {r.block: (r.start_pfn, r.start_pfn + r.nr_pages) for r in self.baseline.ranges}
-        if found != self.self_hosted:
+            r["block"]: (r["start_pfn"], r["start_pfn"] + r.get("reserved_pages", r["nr_pages"]))
+            for r in truth}
+        found = {r.block: (r.start_pfn, r.nr_pages, r.start_pfn + r.reserved_pages)
+                 for r in self.baseline.ranges}
+        want = {b: (lo, self.frames[b], hi) for b, (lo, hi) in self.self_hosted.items()}
+        if found != want:
             raise RuntimeError(f"{name}: the ELF copy's ranges {found} are not the "
-                               f"manifest's {self.self_hosted}")
+                               f"manifest's {want}")
         self.hotplugged = sorted(
             b.id for b in self.mm.blocks.values()
             if any(True for _ in self.mm.block_sections(b))
@@ -247,7 +254,6 @@ class Subject:
                             if self.mb_type.has_member("altmap") else None)
         self.flag_masks = f.section_flags.masks
         self.map_last_bit = (~f.section_flags.map_mask & 0xFFFFFFFFFFFFFFFF).bit_length()
-        self.force = f.memmap_on_memory == "force"
         self.pps = f.pages_per_section
         self.ppb = f.pages_per_block
         self.truth_node = {b["id"]: b["node"] for b in self.manifest["truth"]["blocks"]}
@@ -681,14 +687,13 @@ def _block_broken(s: Subject, bid: int, values: Dict[str, Any]) -> Set[str]:
     if bid in s.hotplugged:
         start, end = bid * s.ppb, (bid + 1) * s.ppb
         lo, hi = s.self_hosted.get(bid, (start, start))
-        found = hi - lo
+        found = s.frames.get(bid, 0)
         if altmap is None:
             if (recorded or 0) != found:
                 out.add("altmap-mismatch")
         elif (altmap["alloc"] != found or altmap["base_pfn"] != start
               or altmap["end_pfn"] != end - 1 or altmap["reserve"] != 0
-              or altmap["free"] < altmap["alloc"]
-              or (altmap["free"] != altmap["alloc"] and not s.force)):
+              or altmap["free"] != hi - lo):  # the area: frames + force padding
             out.add("altmap-mismatch")
     return out
 
