@@ -139,7 +139,10 @@ def render_table(report: Report) -> str:
         f"{t.get('kind')} {t.get('release')} ({t.get('arch')}); markers: "
         f"{', '.join(f.get('marker') or []) or 'none'}; page_type: {f.get('page_type')}; "
         f"block accounting: {f.get('block_accounting')}; memmap_on_memory: "
-        f"{f.get('memmap_on_memory')}",
+        + (f"force (pageblocks of {1 << f['pageblock_order']} pages)"
+           if f.get("memmap_on_memory_mode") == "force" and f.get("pageblock_order") is not None
+           else "force" if f.get("memmap_on_memory_mode") == "force"
+           else str(f.get("memmap_on_memory"))),
         "",
     ]
     rows = []
