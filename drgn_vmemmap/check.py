@@ -83,7 +83,7 @@ class Context:
     def self_hosted_pages(self, bid: int) -> int:
         """Frames of block ``bid`` backing its own struct pages."""
         r = self.self_hosted_by_block().get(bid)
-        return r.nr_pages if r else 0
+        return r.frames if r else 0
 
     def vmemmap_area(self, bid: int) -> int:
         """Pages of block ``bid``'s vmemmap area: its self-hosted frames,
@@ -247,12 +247,11 @@ def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
     """
     Self-hosted vmemmap ranges found from the page tables, one per block.
 
-    ``nr_pages`` counts the block's frames that back its own struct pages;
-    ``reserved_pages`` spans its vmemmap area from ``start_pfn``: to the last
-    such frame, and on to whole pageblocks with ``memmap_on_memory=force``.
-    Frames of the area that back nothing (``reserved_pages`` beyond
-    ``nr_pages`` without force padding) are what an HVO-style remap of
-    self-hosted vmemmap leaves behind; altmap-mismatch reports them.
+    ``nr_pages`` spans the block's frames that back its own struct pages,
+    from the first to the last; ``holes`` counts those inside that back
+    nothing (what an HVO-style remap of self-hosted vmemmap leaves behind;
+    altmap-mismatch reports them); ``reserved_pages`` goes on to whole
+    pageblocks with ``memmap_on_memory=force``.
     """
     runs: Dict[int, List["_backing.SelfHostedRange"]] = {}
     for r in _backing.self_hosted_ranges(mm, extents):
@@ -262,10 +261,11 @@ def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
         b = mm.blocks.get(bid)
         start = rs[0].start_pfn
         span = rs[-1].start_pfn + rs[-1].nr_pages - start
-        out.append(Range(bid, start, sum(r.nr_pages for r in rs),
+        out.append(Range(bid, start, span,
                          state_name(b.state) if b else "?", b.nid if b else None,
                          b.zone if b else None,
-                         vmemmap_area_pages(mm, b, start, span)))
+                         vmemmap_area_pages(mm, b, start, span),
+                         span - sum(r.nr_pages for r in rs)))
     return out
 
 
@@ -311,7 +311,7 @@ def _blocks_json(ctx: Context, violations: List[Violation],
             "start_pfn": b.start_pfn, "nr_pages": b.nr_pages,
             "hotplugged": ctx.is_hotplugged(b),
             "recorded_vmemmap_pages": b.vmemmap_pages,
-            "self_hosted_pages": r.nr_pages if r else 0,
+            "self_hosted_pages": r.frames if r else 0,
             "verdict": "error" if b.id in bad else "warning" if b.id in warn
             else "not checked (live race)" if b.id in raced else "ok",
         })

@@ -66,11 +66,11 @@ def cmd_ranges(prog: Program, args: Any) -> Tuple[Any, str]:
     rows = [[r.block, r.state, r.node, r.zone or "-", f"{r.start_pfn:#x}",
              f"{r.area_end_pfn - 1:#x}", r.nr_pages] for r in ranges]
     headers = ["block", "state", "node", "zone", "first pfn", "last pfn", "pages"]
-    if any(r.reserved_pages != r.nr_pages for r in ranges):
-        # The vmemmap area runs past the frames: memmap_on_memory=force
-        # padding, or frames remapped away inside it.
+    if any(r.reserved_pages != r.frames for r in ranges):
+        # The vmemmap area holds more than the frames: memmap_on_memory=force
+        # padding, or frames remapped away inside the range.
         for row, r in zip(rows, ranges):
-            row[-1] = f"{r.nr_pages} of {r.reserved_pages}"
+            row[-1] = f"{r.frames} of {r.reserved_pages}"
         headers[-1] = "frames of area"
     return data, tabulate(rows, headers=headers)
 

@@ -27,11 +27,14 @@ SCHEMA = 1
 
 class Range(NamedTuple):
     """
-    A self-hosted vmemmap range found from the page tables: ``nr_pages``
-    frames from ``start_pfn`` back the block's struct pages.
-    ``reserved_pages`` (>= ``nr_pages``) is the block's whole vmemmap area,
-    which the kernel marks and accounts: with ``memmap_on_memory=force`` the
-    frames padded up to a whole pageblock, else the frames alone.
+    A block's self-hosted vmemmap range, found from the page tables: its
+    frames that back the block's own struct pages lie in ``[start_pfn,
+    start_pfn + nr_pages)``, all of them but ``holes`` (frames inside the
+    range that back nothing, as remapping self-hosted vmemmap the way HVO
+    does leaves them; normally 0).  ``reserved_pages`` (>= ``nr_pages``) is
+    the block's whole vmemmap area, which the kernel marks and accounts:
+    with ``memmap_on_memory=force`` the range padded up to whole pageblocks,
+    else the range itself.
     """
 
     block: int
@@ -41,6 +44,12 @@ class Range(NamedTuple):
     node: Optional[int]
     zone: Optional[str]
     reserved_pages: int = 0
+    holes: int = 0
+
+    @property
+    def frames(self) -> int:
+        """Frames that really back the block's struct pages."""
+        return self.nr_pages - self.holes
 
     @property
     def area_end_pfn(self) -> int:

@@ -49,14 +49,14 @@ def test_ranges_match_ground_truth(name, reports):
     # pageblock padding, which the guest's kpageflags showed marked (older
     # manifests predate the field: no padding).
     # A block whose vmemmap faultmod remapped as HVO does keeps its range,
-    # less the frames the remap orphaned (its area stays the same).
+    # with the frames the remap orphaned as holes.
     orphaned = {f["target"]["block"]: f["module"]["remapped_pages"]
                 for f in MANIFESTS[name].get("faults", []) if f["op"] == "hvo_remap"}
-    truth = [(r["block"], r["start_pfn"], r["nr_pages"] - orphaned.get(r["block"], 0),
-              r.get("reserved_pages", r["nr_pages"]), r["state"], r["node"])
+    truth = [(r["block"], r["start_pfn"], r["nr_pages"], r.get("reserved_pages", r["nr_pages"]),
+              orphaned.get(r["block"], 0), r["state"], r["node"])
              for r in MANIFESTS[name]["truth"]["self_hosted"]
              if r["block"] not in faulted or r["block"] in orphaned]
-    found = [(r.block, r.start_pfn, r.nr_pages, r.reserved_pages, r.state, r.node)
+    found = [(r.block, r.start_pfn, r.nr_pages, r.reserved_pages, r.holes, r.state, r.node)
              for r in report.ranges]
     assert found == sorted(truth)
 

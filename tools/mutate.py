@@ -232,7 +232,7 @@ class Subject:
         self.self_hosted: Dict[int, Tuple[int, int]] = {
             r["block"]: (r["start_pfn"], r["start_pfn"] + r.get("reserved_pages", r["nr_pages"]))
             for r in truth}
-        found = {r.block: (r.start_pfn, r.nr_pages, r.start_pfn + r.reserved_pages)
+        found = {r.block: (r.start_pfn, r.frames, r.start_pfn + r.reserved_pages)
                  for r in self.baseline.ranges}
         want = {b: (lo, self.frames[b], hi) for b, (lo, hi) in self.self_hosted.items()}
         if found != want:
