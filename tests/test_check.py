@@ -134,3 +134,42 @@ def test_force_padding(name, reports):
     for r in report.ranges:
         a = mm.blocks[r.block].altmap
         assert (a.alloc, a.free) == (512, 512 if r.block in freed else 512 + padding)
+
+
+REMOVED = [n for n in NAMES if MANIFESTS[n]["truth"].get("removed_dimms")]
+
+
+def test_remove_fixture_present():
+    assert REMOVED, "the corpus has a fixture with a hot-removed DIMM"
+
+
+@pytest.mark.parametrize("name", REMOVED)
+def test_removed_dimms_leave_nothing(name, reports):
+    """A DIMM hot-removed (offline + device_del, QEMU released it) leaves no
+    block, no present section, no vmemmap mapping and no finding in its
+    range, while the DIMMs around it check as usual."""
+    from drgn_vmemmap import memory_map, vmemmap_backing
+    from drgn_vmemmap.pagetable import PageTableWalker
+
+    prog = fixture_program(name)
+    mm = memory_map(prog)
+    f = mm.features
+    extents = vmemmap_backing(prog, mm)
+    report = reports(name)
+    for d in MANIFESTS[name]["truth"]["removed_dimms"]:
+        start = d["addr"] >> f.page_shift
+        end = start + (d["size"] >> f.page_shift)
+        assert d["blocks"] == list(range(start // f.pages_per_block, end // f.pages_per_block))
+        assert not set(d["blocks"]) & set(mm.blocks)
+        assert not [s for s in mm.sections.values() if s.start_pfn < end and start < s.end_pfn]
+        assert not [e for e in extents if e.described_start_pfn < end and start < e.described_end_pfn]
+        assert not [r for r in report.ranges if r.block in d["blocks"]]
+        assert not [v for v in report.violations + report.not_checked
+                    if v.pfn_start is not None and v.pfn_start < end and start < v.pfn_end]
+        # vmemmap_free() unmapped its struct pages.
+        va = f.vmemmap_base + start * f.layout.size
+        maps = PageTableWalker(prog).translate(va, (end - start) * f.layout.size)
+        assert maps and {m.status for m in maps} == {"unmapped"}
+    # The blocks on either side are still self-hosted and found.
+    assert {r.block for r in report.ranges} == \
+        {r["block"] for r in MANIFESTS[name]["truth"]["self_hosted"]}

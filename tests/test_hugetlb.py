@@ -54,9 +54,11 @@ def test_optimized_means_remapped(name):
             assert opt and not aliased
             continue
         assert opt == aliased, hex(pfn)
-        optimized += opt
-    # Boot-memory folios are optimised on every fixture kernel.
-    assert optimized >= 16
+        if not ctx.is_hotplugged(ctx.mm.blocks[ctx.block_id(pfn)]):
+            # Boot-memory folios are optimised on every fixture kernel.
+            assert opt, hex(pfn)
+            optimized += 1
+    assert optimized >= 8
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if MANIFESTS[n]["kernel"]["key"] != "6.1"])

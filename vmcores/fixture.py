@@ -66,6 +66,7 @@ class Runner:
         self.block_size = block_size
         self.log: List[Dict[str, Any]] = []
         self.faults: List[Dict[str, Any]] = []
+        self.removed: List[Dict[str, Any]] = []
 
     def dimm_blocks(self, dimm: str) -> List[int]:
         info = self.g.dimms[dimm]
@@ -106,6 +107,9 @@ class Runner:
             self.g.sh(f"echo offline > /sys/devices/system/memory/memory{b}/state")
 
     def do_unplug(self, dimm: str) -> None:
+        # What QEMU said of the DIMM before it went: the manifest's record of
+        # the range that must now be absent.
+        self.removed.append(dict(self.g.dimms[dimm], blocks=self.dimm_blocks(dimm)))
         for b in self.dimm_blocks(dimm):
             self.g.sh(f"s=/sys/devices/system/memory/memory{b}/state; "
                       f"[ ! -e $s ] || [ $(cat $s) = offline ] || echo offline > $s")
@@ -188,6 +192,7 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
         "block_size_bytes": bs,
         "blocks": out_blocks,
         "dimms": sorted(dimms.values(), key=lambda d: d["addr"]),
+        "removed_dimms": list(r.removed),
         "self_hosted": ranges,
         "kpageflags": kpf,
         "hugepage_heads": hugepages,
@@ -293,7 +298,10 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
         if partial.exists():
             partial.unlink()
         try:
-            run(["makedumpfile", "-c", "-d", str(level), str(raw), str(partial)])
+            # Pages zlib-compressed one by one, or (scenario.xz) stored
+            # plain for xz to compress across pages: about half the size.
+            run(["makedumpfile", *([] if scenario.xz else ["-c"]), "-d", str(level),
+                 str(raw), str(partial)])
         except RuntimeError as e:
             # makedumpfile reads every section's memmap to filter; it gives
             # up on a dump whose vmemmap is partly unmapped.
@@ -309,12 +317,14 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
     else:
         raise RuntimeError(f"{name}: no filter level keeps the dump readable")
     raw.unlink()
-    manifest["dump"] = {"file": f"{name}.vmcore", "format": "kdump-compressed (zlib)",
+    manifest["dump"] = {"file": f"{name}.vmcore",
+                        "format": "kdump-compressed (uncompressed pages)" if scenario.xz
+                        else "kdump-compressed (zlib)",
                         "makedumpfile_level": level, "bytes": partial.stat().st_size,
                         "section_words_scrubbed_for_makedumpfile": len(scrub),
                         "guest_seconds": round(time.monotonic() - t0, 1)}
     partial.rename(out_dir / f"{name}.vmcore")
-    if level < 17:
+    if level < 17 or scenario.xz:
         # Without mem_map filtering every page keeps a 24-byte descriptor
         # (zero pages share one zero page): several MB that xz squeezes.
         xz_dump(out_dir, name, manifest)

@@ -43,7 +43,8 @@ KERNELS: Dict[str, KernelSpec] = {
     # SECTION_CANNOT_OPTIMIZE_VMEMMAP (2022), SECTION_USE_VMEMMAP and a
     # PGTY_vmemmap page type with PG_reserved (2019).  See the patch header.
     "6.12-marking": KernelSpec("6.12-marking", "linux-source-6.12", None,
-                               ["base", "6.12", "marking"], ["6.12-vmemmap-marking.patch"]),
+                               ["base", "6.12", "marking"], ["6.12-vmemmap-marking.patch"],
+                               bzimage=False),
     # 6.12 without HugeTLB and THP (pageblock order 10), booted with
     # memory_hotplug.memmap_on_memory=force: 1024 pages reserved per block
     # for a 512-page memmap.  See configs/force.config.

@@ -24,6 +24,9 @@ class Scenario(NamedTuple):
     mem_mb: int = 1024
     #: Appended to CMDLINE.
     cmdline: str = ""
+    #: Keep the filtered dump's pages uncompressed and xz the file (the
+    #: tool reads .vmcore.xz): about half of zlib's size, for the budget.
+    xz: bool = False
 
 
 # The guest boots with 1 GiB over two NUMA nodes and these parameters.
@@ -217,6 +220,31 @@ _add("faults", Scenario("6.12-marking", list(_BASIC) + _FAULTS_MARKING, _MARKING
     "PGTY_vmemmap cleared on three vmemmap pages and set on two ordinary pages, "
     "PG_reserved cleared on two vmemmap pages.")))
 
+
+# Hot-remove: the middle of three DIMMs is offlined and ejected
+# (device_del; the guest's ACPI handler offlines and removes its blocks, and
+# QEMU releases the DIMM), leaving a hole between self-hosted blocks.  Its
+# sections, memmap and vmemmap mapping must be gone, not reported.
+_add("remove", Scenario("6.12", [
+    ("hugepages", 0, 8),
+    ("plug", "dimm0", 256, 1),
+    ("plug", "dimm1", 256, 0),
+    ("plug", "dimm2", 128, 1),
+    ("online", "dimm0", "all", "online_movable"),
+    ("online", "dimm1", "all", "online_movable"),
+    ("online", "dimm2", "all", "online_kernel"),
+    ("offline", "dimm0", [1]),
+    # Node 1's pool grows into its hot-plugged blocks (HVO must refuse the
+    # self-hosted ones), after block 33 went offline (see _PAGETABLES_STEPS).
+    ("hugepages", 1, 16),
+    # dimm1 is movable, so that offlining can migrate everything away (a
+    # block onlined to ZONE_NORMAL holds unmovable kernel pages: EBUSY).
+    ("unplug", "dimm1"),
+], ("Three DIMMs (256 MiB node 1, 256 MiB node 0, 128 MiB node 1) onlined, one block "
+    "offlined, HugeTLB pools in boot and hot-plugged memory, then the middle DIMM "
+    "(onlined movable) offlined and removed with "
+    "device_del: its blocks, sections and vmemmap are gone, a hole between the others.  "
+    "512 MiB guest; pages stored plain and the file xz'd."), mem_mb=512, xz=True))
 
 # The 6.12-force kernel has neither HugeTLB nor THP, so pageblock_order is
 # MAX_PAGE_ORDER (10): a 128 MiB block's 512-page memmap is half a pageblock,
