@@ -32,8 +32,11 @@ class Context:
     """Shared, lazily computed state for the rules of one check."""
 
     def __init__(self, prog: Program, vmemmap_page_type: Optional[int] = None,
-                 progress: Optional[Progress] = None):
+                 progress: Optional[Progress] = None, jobs: Optional[int] = None):
         self.prog = prog
+        #: Processes for whole-memory scans; None: :func:`scan.parallel_jobs`.
+        self.jobs = jobs
+        self.jobs_used = 1
         self.mm: MemoryMap = memory_map(prog, vmemmap_page_type)
         self.features = self.mm.features
         self.progress = progress
@@ -168,26 +171,49 @@ class Context:
     def type_name(self, cols, i: int) -> str:
         return _scan.type_name(int(cols.page_type[i]), self.features)
 
-    def scan_all(self) -> Iterator[Tuple[int, int, object, Optional[str]]]:
-        """Every present section with a memmap, one section at a time."""
+    def map_all(self, fn: Callable[[int, int, object], object]
+                ) -> Iterator[Tuple[int, int, object, Optional[str]]]:
+        """
+        ``fn(start, end, columns)`` over the struct pages of every online
+        section with a memmap; yields ``(start, end, fn's result, None)``, or
+        ``(start, end, None, why)`` for a section not scanned.  Scans in
+        several processes on large core dumps (:func:`scan.parallel_jobs`),
+        so ``fn`` should return little and use only what is computed: the
+        page-table truth is, before the first section is read.
+        """
         secs = [s for s in self.mm.sections.values() if s.has("HAS_MEM_MAP")]
         total = sum(s.nr_pages for s in secs)
-        done = 0
+        plan: List[Tuple[int, int, Optional[str]]] = []
         for s in secs:
             b = self.mm.blocks.get(self.block_id(s.start_pfn))
             if b is not None and b.state != "MEM_ONLINE":
-                yield s.start_pfn, s.end_pfn, None, \
-                    f"block {b.id} is {state_name(b.state)}: its memmap is uninitialised or stale"
+                plan.append((s.start_pfn, s.end_pfn, f"block {b.id} is {state_name(b.state)}: "
+                             "its memmap is uninitialised or stale"))
             elif not s.has("IS_ONLINE"):
-                yield s.start_pfn, s.end_pfn, None, f"section {s.nr} is offline"
+                plan.append((s.start_pfn, s.end_pfn, f"section {s.nr} is offline"))
             else:
-                cols = _scan.scan_pfns(self.prog, s.start_pfn, s.end_pfn)
-                self.pages_scanned += s.nr_pages
-                self._note_unreadable(cols, s.start_pfn)
-                yield s.start_pfn, s.end_pfn, cols, None
-            done += s.nr_pages
-            if self.progress:
-                self.progress(done, total)
+                plan.append((s.start_pfn, s.end_pfn, None))
+        spans = [(a, b) for a, b, why in plan if why is None]
+        self.self_hosted_by_block()  # computed before any fork
+        jobs = self.jobs if self.jobs is not None else \
+            _scan.parallel_jobs(self.prog, sum(b - a for a, b in spans))
+        self.jobs_used = max(self.jobs_used, jobs)
+        results = _scan.map_spans(self.prog, spans, fn, jobs)
+        done = 0
+        try:
+            for start, end, why in plan:
+                if why is None:
+                    found, unreadable = next(results)
+                    self.pages_scanned += end - start
+                    self.unreadable.extend([s, e] for s, e in unreadable)
+                    yield start, end, found, None
+                else:
+                    yield start, end, None, why
+                done += end - start
+                if self.progress:
+                    self.progress(done, total)
+        finally:
+            results.close()
 
     # --- HugeTLB -------------------------------------------------------------
 
@@ -430,7 +456,7 @@ def _race(results: _Results, changed: List[int], pages_per_block: int,
 @takes_program_or_default
 def check(prog: Program, rules: Optional[Iterable[str]] = None,
           vmemmap_page_type: Optional[int] = None,
-          progress: Optional[Progress] = None) -> Report:
+          progress: Optional[Progress] = None, jobs: Optional[int] = None) -> Report:
     """
     Check every rule (or those named) and return the report.
 
@@ -443,6 +469,9 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     ``stats["live_retries"]`` says how many retries were needed.
 
     :param rules: rule ids from :data:`~drgn_vmemmap.rules.RULES`.
+    :param jobs: processes for the whole-memory scan (marker-stray); None
+        decides by :func:`~drgn_vmemmap.scan.parallel_jobs` (several only for
+        a core dump of at least 4 GiB); ``stats["jobs"]`` says what was used.
     """
     t0 = time.monotonic()
     live = target_kind(prog) != "vmcore"
@@ -450,7 +479,7 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     snapshots: List[Dict[int, tuple]] = []
     for attempt in range(1 + (LIVE_RETRIES if live else 0)):
         e0 = _hotplug_epoch(prog) if live else _Epoch(None, False)
-        ctx = Context(prog, vmemmap_page_type, progress)
+        ctx = Context(prog, vmemmap_page_type, progress, jobs)
         results = _run_rules(ctx, rules)
         if not live:
             break
@@ -467,7 +496,7 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     violations.sort(key=lambda v: (v.rule, v.pfn_start))
     unreadable = sorted({(s, e) for s, e in ctx.unreadable})
     stats = {"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
-             "pages_scanned": ctx.pages_scanned,
+             "pages_scanned": ctx.pages_scanned, "jobs": ctx.jobs_used,
              "seconds": round(time.monotonic() - t0, 3)}
     if live:
         stats["live_retries"] = attempt

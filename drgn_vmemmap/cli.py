@@ -74,6 +74,9 @@ def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse
                    help="run only this rule (repeatable); see 'check --list-rules'")
     c.add_argument("--list-rules", action="store_true", help="list the rule ids and exit")
     c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    c.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="processes for the whole-memory scan (default: one per CPU, up to "
+                   "8, on core dumps of 4 GiB or more; else 1)")
     sub.add_parser("ranges", help="self-hosted vmemmap ranges found from the page tables")
     sub.add_parser("blocks", help="memory blocks: state, node, zone, recorded vmemmap pages")
     sub.add_parser("sections", help="present SPARSEMEM sections and their flags")
@@ -109,7 +112,8 @@ def run_command(prog, args, out=None) -> int:
         progress = None
         if not getattr(args, "no_progress", False) and sys.stderr.isatty():
             progress = commands.progress_bar()
-        report = commands.run_check(prog, args.rule, args.vmemmap_page_type, progress)
+        report = commands.run_check(prog, args.rule, args.vmemmap_page_type, progress,
+                                    getattr(args, "jobs", None))
         from .report import exit_status, render_json, render_table
         print(render_json(report) if fmt == "json" else render_table(report), file=out)
         return exit_status(report)

@@ -48,13 +48,16 @@ def progress_bar(stream=None) -> Callable[[int, int], None]:
 
 def run_check(prog: Program, rules: Optional[List[str]] = None,
               vmemmap_page_type: Optional[int] = None,
-              progress: Optional[Callable[[int, int], None]] = None) -> Report:
+              progress: Optional[Callable[[int, int], None]] = None,
+              jobs: Optional[int] = None) -> Report:
     from .rules import RULES
 
     for r in rules or ():
         if r not in RULES:
             raise ValueError(f"unknown rule {r!r}; known: {', '.join(RULES)}")
-    return check(prog, rules, vmemmap_page_type, progress)
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be 1 or more, not {jobs}")
+    return check(prog, rules, vmemmap_page_type, progress, jobs)
 
 
 def cmd_ranges(prog: Program, args: Any) -> Tuple[Any, str]:
@@ -123,6 +126,23 @@ def cmd_features(prog: Program, args: Any) -> Tuple[Any, str]:
     return d, tabulate(rows, tablefmt="plain")
 
 
+def flag_names(f: Any, flags: int, vmemmap: bool = False) -> List[str]:
+    """
+    One name per set bit of ``flags``, without the alias noise: enum
+    pageflags lists each bit's own name first and its aliases after
+    (``PG_checked = PG_owner_priv_1``, ``PG_swapcache``, Xen's ``PG_pinned``,
+    ``PG_foreign`` ...), so the first name wins, except that
+    ``PG_owner_priv_1`` reads ``PG_vmemmap_self_hosted`` on a page of a
+    self-hosted vmemmap area (``vmemmap``).
+    """
+    first: Dict[int, str] = {}
+    for name, bit in f.page_flags.items():
+        first.setdefault(bit, name)
+    if vmemmap and "PG_vmemmap_self_hosted" in f.page_flags:
+        first[f.page_flags["PG_vmemmap_self_hosted"]] = "PG_vmemmap_self_hosted"
+    return [first[bit] for bit in sorted(first) if flags >> bit & 1]
+
+
 def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) -> Dict[str, Any]:
     """Everything known about one pfn: its section, block, struct page, and the
     struct pages it holds if it is a vmemmap frame."""
@@ -167,9 +187,7 @@ def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) ->
             flags = int(cols.flags[0])
             out["page"] = {
                 "flags": flags,
-                # Every name of each set bit, aliases included: which
-                # meaning of PG_owner_priv_1 applies is the checker's call.
-                "flag_names": sorted(n for n, bit in f.page_flags.items() if flags >> bit & 1),
+                "flag_names": flag_names(f, flags, vmemmap=bool(inside)),
                 "page_type": int(cols.page_type[0]),
                 "type": scan.type_name(int(cols.page_type[0]), f) or "none",
                 "node": int(f.page_node(flags)),

@@ -8,7 +8,7 @@ The invariants of DESIGN.md's rule catalogue, each a small generator over a
 rule on every range ends as one of the three.
 """
 
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -416,11 +416,11 @@ def marker_stray(ctx) -> Iterator[Result]:
         return
     swapbacked = f.page_flags.get("PG_swapbacked")
     inside = ctx.self_hosted_mask_fn()
-    bad = 0
-    for start, end, cols, skip_reason in ctx.scan_all():
-        if skip_reason:
-            yield NotChecked(rule, skip_reason, start, end)
-            continue
+
+    def stray_runs(start: int, end: int, cols) -> List[Tuple[int, int, str, bool]]:
+        """(start, end, marker, maybe Xen's PG_pinned) of each stray run;
+        runs in a worker process on large dumps (Context.map_all)."""
+        out: List[Tuple[int, int, str, bool]] = []
         readable = cols.readable & (cols.flags != np.uint64(0xFFFFFFFFFFFFFFFF))
         for name, has in _marker_masks(ctx, cols).items():
             stray = readable & has & ~inside(start, end)
@@ -439,17 +439,26 @@ def marker_stray(ctx) -> Iterator[Result]:
                 maybe = stray & ctx.type_is(cols, "table")
             else:
                 maybe = np.zeros_like(stray)
-            for s, e in _runs(stray & ~maybe, start):
-                bad += 1
-                yield _v(rule, s, e, f"no {name} outside self-hosted ranges", name,
-                         f"{name} set on pages that do not hold self-hosted memmap",
-                         section=ctx.section_nr(s), block=ctx.block_id(s))
-            for s, e in _runs(maybe, start):
-                bad += 1
+            out += [(s, e, name, False) for s, e in _runs(stray & ~maybe, start)]
+            out += [(s, e, name, True) for s, e in _runs(maybe, start)]
+        return out
+
+    bad = 0
+    for start, end, found, skip_reason in ctx.map_all(stray_runs):
+        if skip_reason:
+            yield NotChecked(rule, skip_reason, start, end)
+            continue
+        for s, e, name, maybe in found:
+            bad += 1
+            if maybe:
                 yield _v(rule, s, e, f"no {name} outside self-hosted ranges",
                          f"{name} on page-table pages (Xen PG_pinned alias?)",
                          f"{name} set on page-table pages: may be Xen's PG_pinned",
                          section=ctx.section_nr(s), block=ctx.block_id(s), severity="warning")
+            else:
+                yield _v(rule, s, e, f"no {name} outside self-hosted ranges", name,
+                         f"{name} set on pages that do not hold self-hosted memmap",
+                         section=ctx.section_nr(s), block=ctx.block_id(s))
     if not bad:
         yield Holds(rule)
 

@@ -465,6 +465,9 @@ def _run_pool(jobs: List[Dict[str, Any]], workers: int,
               emit: Callable[[Dict[str, Any]], None]) -> List[Dict[str, Any]]:
     """Run ``jobs``; emit each result; return the jobs lost to a broken pool."""
     ctx = multiprocessing.get_context("spawn")  # drgn's OpenMP threads and fork don't mix
+    # The dumps already run in parallel: each check scans in one process
+    # (the workers inherit the environment).
+    os.environ.setdefault("DRGN_VMEMMAP_JOBS", "1")
     pending: Dict[Future, Dict[str, Any]] = {}
     lost: List[Dict[str, Any]] = []
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)

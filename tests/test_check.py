@@ -173,3 +173,19 @@ def test_removed_dimms_leave_nothing(name, reports):
     # The blocks on either side are still self-hosted and found.
     assert {r.block for r in report.ranges} == \
         {r["block"] for r in MANIFESTS[name]["truth"]["self_hosted"]}
+
+
+@pytest.mark.parametrize("name", [n for n in ("6.12-faults", "6.12-pagetables", "7.2-faults",
+                                              "6.12-force-faults") if n in MANIFESTS])
+def test_parallel_scan_agrees(name, reports):
+    """The whole-memory scan in two forked processes (what a large core dump
+    gets) finds exactly what one process finds, unreadable pages included."""
+    serial = reports(name)
+    assert serial.stats["jobs"] == 1  # a fixture is below the threshold
+    par = check(fixture_program(name), jobs=2)
+    assert par.stats["jobs"] == 2
+    assert par.violations == serial.violations
+    assert par.not_checked == serial.not_checked
+    assert par.unreadable == serial.unreadable
+    assert par.holds == serial.holds
+    assert par.stats["pages_scanned"] == serial.stats["pages_scanned"]

@@ -93,6 +93,29 @@ def test_explain_vmemmap_frame():
     assert d["holds_struct_pages_of"][0]["kind"] == "self-hosted"
 
 
+def test_explain_ordinary_pfn():
+    """A pfn of a hot-plugged block past its vmemmap: no self-hosted range,
+    its struct page in the block's own frames, and the flags the guest's
+    kpageflags showed (PG_owner_priv_1 clear, PG_reserved as kpageflags says)."""
+    m = MANIFESTS["6.12-hotplug-basic"]
+    r = m["truth"]["self_hosted"][0]
+    assert r["state"] == "online"
+    pfn = r["start_pfn"] + r["nr_pages"] + 1000
+    runs = m["truth"]["kpageflags"][str(r["block"])]
+    names = next(n for start, count, n in runs if start <= pfn < start + count)
+    proc = run(*target("6.12-hotplug-basic"), "explain", hex(pfn), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["self_hosted_range"] is None and d["holds_struct_pages_of"] == []
+    assert d["block"]["id"] == r["block"] and d["block"]["state"] == "online"
+    assert d["struct_page"]["backing"] == "self-hosted"
+    assert r["start_pfn"] <= d["struct_page"]["frame"] < r["start_pfn"] + r["nr_pages"]
+    flags = set(d["page"]["flag_names"])
+    assert ("PG_reserved" in flags) == ("reserved" in names)
+    assert not {"PG_owner_priv_1", "PG_vmemmap_self_hosted"} & flags
+    assert "owner_private" not in names
+
+
 def test_explain_force_padding():
     """A frame of memmap_on_memory=force's padding: inside the block's area,
     marked, holding no struct page."""
@@ -103,7 +126,10 @@ def test_explain_force_padding():
     d = json.loads(proc.stdout)
     assert d["self_hosted_range"]["reserved_pages"] == r["reserved_pages"] > r["nr_pages"]
     assert d["holds_struct_pages_of"] == []
+    # One name per bit: the alias that applies, none of the others.
     assert "PG_vmemmap_self_hosted" in d["page"]["flag_names"]
+    assert not {"PG_owner_priv_1", "PG_checked", "PG_swapcache", "PG_pinned"} & \
+        set(d["page"]["flag_names"])
     table = run(*target("6.12-force-faults"), "explain", hex(pfn), "--format", "table").stdout
     assert "memmap_on_memory=force padding, holds no struct page" in table
 
@@ -120,6 +146,18 @@ def test_explain_orphaned_frame():
                  "--format", "table").stdout
     assert f"pfns {f['target']['pfn']:#x}-{f['target']['pfn'] + 511:#x} " \
         "(self-hosted, HVO-aliased)" in reused
+
+
+def test_check_jobs():
+    one = run(*target("6.12-faults"), "check", "--format", "json")
+    two = run(*target("6.12-faults"), "check", "--format", "json", "--jobs", "2")
+    assert one.returncode == two.returncode == 1
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert (a["stats"]["jobs"], b["stats"]["jobs"]) == (1, 2)
+    assert a["violations"] == b["violations"]
+    bad = run(*target("6.12-faults"), "check", "--jobs", "0")
+    assert bad.returncode == 2 and "--jobs" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_help_teaches():
