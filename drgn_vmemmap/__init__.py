@@ -14,6 +14,7 @@ helpers.
 
 from .backing import vmemmap_backing
 from .check import check, self_hosted_ranges
+from .commands import explain as explain_pfn
 from .features import features
 from .model import memory_map
 from .report import Report, Violation, exit_status, render_json, render_table
@@ -25,6 +26,7 @@ __all__ = (
     "Violation",
     "check",
     "exit_status",
+    "explain_pfn",
     "features",
     "memory_map",
     "open_target",

@@ -269,7 +269,8 @@ def vmemmap_area_pages(mm: MemoryMap, block: Optional[Block], start_pfn: int,
     return min(padded, block.end_pfn - start_pfn)
 
 
-def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
+def self_hosted_ranges(prog: Program, mm: Optional[MemoryMap] = None,
+                       extents=None) -> List[Range]:
     """
     Self-hosted vmemmap ranges found from the page tables, one per block.
 
@@ -278,7 +279,15 @@ def self_hosted_ranges(prog: Program, mm: MemoryMap, extents) -> List[Range]:
     nothing (what an HVO-style remap of self-hosted vmemmap leaves behind;
     altmap-mismatch reports them); ``reserved_pages`` goes on to whole
     pageblocks with ``memmap_on_memory=force``.
+
+    :param mm: the :func:`~drgn_vmemmap.model.memory_map` (read if not given).
+    :param extents: its :func:`~drgn_vmemmap.backing.vmemmap_backing` (walked
+        if not given).
     """
+    if mm is None:
+        mm = memory_map(prog)
+    if extents is None:
+        extents = _backing.vmemmap_backing(prog, mm)
     runs: Dict[int, List["_backing.SelfHostedRange"]] = {}
     for r in _backing.self_hosted_ranges(mm, extents):
         runs.setdefault(r.block, []).append(r)

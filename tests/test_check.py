@@ -189,3 +189,14 @@ def test_parallel_scan_agrees(name, reports):
     assert par.unreadable == serial.unreadable
     assert par.holds == serial.holds
     assert par.stats["pages_scanned"] == serial.stats["pages_scanned"]
+
+
+def test_api_defaults():
+    """The helpers a drgn session calls with the program alone."""
+    from drgn_vmemmap import explain_pfn, memory_map, self_hosted_ranges, vmemmap_backing
+    prog = fixture_program("6.12-hotplug-basic")
+    mm = memory_map(prog)
+    assert self_hosted_ranges(prog) == self_hosted_ranges(prog, mm, vmemmap_backing(prog, mm))
+    first = self_hosted_ranges(prog)[0]
+    d = explain_pfn(prog, first.start_pfn)
+    assert d["self_hosted_range"]["block"] == first.block
