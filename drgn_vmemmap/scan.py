@@ -310,6 +310,10 @@ def map_spans(prog: Program, spans: List[Tuple[int, int]],
     _WORK = (prog, fn, spans)
     try:
         if jobs > 1 and len(spans) > 1:
+            # Look up now what every worker needs (debug info, cached on
+            # the program), so that no worker indexes DWARF after the fork.
+            features(prog)
+            _dtype(prog)
             pool = multiprocessing.get_context("fork").Pool(jobs)
             try:
                 yield from pool.imap(_scan_span, range(len(spans)), chunksize=4)
