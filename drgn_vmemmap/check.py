@@ -12,7 +12,7 @@ import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from drgn import FaultError, ObjectNotFoundError, Program, TypeKind
+from drgn import FaultError, Program, TypeKind
 from drgn.helpers.common.prog import takes_program_or_default
 from drgn.helpers.linux.list import list_for_each_entry
 
@@ -20,7 +20,7 @@ from . import backing as _backing
 from . import scan as _scan
 from .model import Block, MemoryMap, memory_map
 from .report import NotChecked, Range, Report, Violation
-from .rules import RULES, Holds, state_name
+from .rules import RULES, state_name
 from .target import target_kind
 
 __all__ = ("Context", "check", "self_hosted_ranges", "vmemmap_area_pages")

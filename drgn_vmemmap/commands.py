@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from drgn import FaultError, Program
+from drgn import Program
 from tabulate import tabulate
 
 from .check import check, self_hosted_ranges

@@ -10,7 +10,7 @@ Results are cached per program under ``"drgn_vmemmap."`` keys.
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from drgn import FaultError, ObjectNotFoundError, Program, TypeKind, sizeof
+from drgn import FaultError, Program, TypeKind, sizeof
 from drgn.helpers.common.prog import takes_program_or_default
 
 __all__ = (

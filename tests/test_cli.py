@@ -6,10 +6,8 @@ traceback.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -193,7 +191,6 @@ def test_user_space_core(tmp_path):
     # A real user-space core dump of a Python process (gcore-free: via the
     # kernel's own core dumping is not reliable in containers, so use
     # drgn's view of a process core if one can be made).
-    core = tmp_path / "core"
     script = ("import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, "
               "(-1, -1)); os.kill(os.getpid(), signal.SIGABRT)")
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path)

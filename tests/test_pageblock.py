@@ -34,8 +34,7 @@ def mock(symbols=(), nr_orders=11, variable=None):
     uint = prog.int_type("unsigned int", 4, False)
     free_area = prog.struct_type("free_area", 8, [])
     zone = prog.struct_type("zone", 8 * nr_orders, [
-
-        __import__("drgn").TypeMember(prog.array_type(free_area, nr_orders), "free_area", 0)])
+        TypeMember(prog.array_type(free_area, nr_orders), "free_area", 0)])
 
     def types(prog, kinds, name, filename):
         if name == "zone" and TypeKind.STRUCT in kinds:

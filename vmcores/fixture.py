@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from . import kernel, truth
 from .guest import Guest, build_initramfs
-from .paths import CACHE, FIXTURES, KERNEL_DIR, log, run
+from .paths import CACHE, FIXTURES, log, run
 from .scenarios import CMDLINE, Scenario, lookup
 
 PAGE_SIZE = 4096

@@ -10,7 +10,6 @@ further tool, in ``extra_qmp_paths``.
 
 import gzip
 import json
-import os
 import shutil
 import socket
 import subprocess
