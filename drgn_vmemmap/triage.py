@@ -215,6 +215,12 @@ def _note_segments(fp, h: Dict[str, int]) -> Iterator[bytes]:
         yield fp.read(size)
 
 
+def _segment_notes(fp, h: Dict[str, Any]) -> Iterator[Tuple[bytes, int, bytes]]:
+    """(name, type, desc) of every note in the PT_NOTE segments."""
+    for data in _note_segments(fp, h):
+        yield from _notes(data, h["order"])
+
+
 def _elf_vmcoreinfo(path: str) -> Optional[bytes]:
     """The VMCOREINFO note of an ELF core (``.xz`` or not), or None."""
     opener = lzma.open if path.endswith(".xz") else open
@@ -223,10 +229,9 @@ def _elf_vmcoreinfo(path: str) -> Optional[bytes]:
             h = _elf_header(fp.read(64))
             if h is None:
                 return None
-            for data in _note_segments(fp, h):
-                for name, _, desc in _notes(data, h["order"]):
-                    if name == b"VMCOREINFO":
-                        return desc
+            for name, _, desc in _segment_notes(fp, h):
+                if name == b"VMCOREINFO":
+                    return desc
     except (OSError, EOFError, lzma.LZMAError, struct.error):
         pass
     return None
@@ -277,10 +282,9 @@ def elf_build_id(path: str) -> Optional[str]:
             h = _elf_header(fp.read(64))
             if h is None:
                 return None
-            for data in _note_segments(fp, h):
-                for name, ntype, desc in _notes(data, h["order"]):
-                    if name == b"GNU" and ntype == 3:  # NT_GNU_BUILD_ID
-                        return desc.hex()
+            for name, ntype, desc in _segment_notes(fp, h):
+                if name == b"GNU" and ntype == 3:  # NT_GNU_BUILD_ID
+                    return desc.hex()
             # No PT_NOTE (a debug-only file?): the SHT_NOTE sections.
             if not h["shoff"] or not h["shnum"]:
                 return None
