@@ -9,7 +9,7 @@ state and altmap accounting) agree with them.
 examples:
   drgn-vmemmap -c /var/crash/vmcore -s vmlinux check
   drgn-vmemmap -k ranges                      # the running kernel (root)
-  drgn-vmemmap --qemu /tmp/qmp.sock check     # a QEMU guest, live
+  drgn-vmemmap --qemu ./qmp.sock check        # a QEMU guest, live
   drgn-vmemmap -c vmcore -s vmlinux.xz explain 0x110000
   drgn-vmemmap triage /var/crash -j 4 > results.jsonl
 

@@ -48,6 +48,8 @@ check_mod = importlib.import_module("drgn_vmemmap.check")
 
 RACE = re.compile(r"live race: block (\d+) changed during the check")
 STATE = "/sys/devices/system/memory/memory{}/state"
+# The loop's files, in the guest's initramfs (its /init makes /tmp), not on the host.
+COUNT, NEW, PID = "/tmp/churn.count", "/tmp/churn.new", "/tmp/churn.pid"
 
 
 def loop(blocks_how, pause: str) -> str:
@@ -62,20 +64,20 @@ def loop(blocks_how, pause: str) -> str:
     steps += [f"echo offline > {STATE.format(b)}" if how == "online_movable" else
               f"timeout 1 sh -c 'echo offline > {STATE.format(b)}'" for b, how in blocks_how]
     body = "; ".join(f"{s} {pause}".strip() for s in steps)
-    return (f"( i=0; while true; do {body}; i=$((i+1)); echo $i > /tmp/churn.new; mv /tmp/churn.new /tmp/churn.count; done )"
-            " > /dev/null 2>&1 & echo $! > /tmp/churn.pid")
+    return (f"( i=0; while true; do {body}; i=$((i+1)); echo $i > {NEW}; mv {NEW} {COUNT}; "
+            f"done ) > /dev/null 2>&1 & echo $! > {PID}")
 
 
 def cycles(g) -> int:
     """Loop cycles so far.  The loop renames a complete file into place: a
     plain ``echo > file`` let a read land between truncation and write and
     see an empty file (a CI run read 39, then 0)."""
-    out = g.sh("cat /tmp/churn.count 2>/dev/null", check=False).strip()
+    out = g.sh(f"cat {COUNT} 2>/dev/null", check=False).strip()
     return int(out) if out else 0
 
 
 def stop(g) -> None:
-    g.sh("kill $(cat /tmp/churn.pid); rm -f /tmp/churn.count /tmp/churn.new")
+    g.sh(f"kill $(cat {PID}); rm -f {COUNT} {NEW}")
     # Let the last write finish: two equal reads in a row.
     prev = None
     for _ in range(50):
