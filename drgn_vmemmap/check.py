@@ -92,7 +92,7 @@ class Context:
         """Pages of block ``bid``'s vmemmap area: its self-hosted frames,
         padded to whole pageblocks with ``memmap_on_memory=force``."""
         r = self.self_hosted_by_block().get(bid)
-        return max(r.nr_pages, r.reserved_pages) if r else 0
+        return r.area_end_pfn - r.start_pfn if r else 0
 
     # Interval look-ups by bisection: extents are sorted by described pfn and
     # self-hosted ranges by frame, neither overlapping, so a 1 TiB machine's

@@ -43,11 +43,6 @@ def _v(rule: str, start: int, end: int, expected: str, found: str, message: str,
     return Violation(rule, severity, start, end, section, block, expected, found, message)
 
 
-def _runs(mask: np.ndarray, base: int):
-    """Coalesced ``(start, end)`` pfn runs where ``mask`` is true."""
-    return runs(mask, base)
-
-
 # --- block-geometry ----------------------------------------------------------
 
 
@@ -320,12 +315,12 @@ def vmemmap_unmarked(ctx) -> Iterator[Result]:
         poisoned = cols.flags == np.uint64(0xFFFFFFFFFFFFFFFF)
         bad_any = False
         for name, has in _marker_masks(ctx, cols).items():
-            for s, e in _runs(readable & ~has, start):
+            for s, e in runs(readable & ~has, start):
                 bad_any = True
                 yield _v(rule, s, e, name, "clear",
                          f"{_what(r, s)} of block {r.block} lack {name}",
                          section=ctx.section_nr(s), block=r.block)
-        for s, e in _runs(readable & poisoned, start):
+        for s, e in runs(readable & poisoned, start):
             bad_any = True
             yield _v(rule, s, e, "initialised struct pages", "poisoned (all ones)",
                      f"{_what(r, s)} of online block {r.block} are poisoned",
@@ -397,7 +392,7 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
                            "since 6.11)", reserved, lambda i: "PG_reserved"))
         bad_any = False
         for expected, bad, describe in checks:
-            for s, e in _runs(ok & bad, start):
+            for s, e in runs(ok & bad, start):
                 bad_any = True
                 yield _v(rule, s, e, expected, describe(s - start),
                          f"{_what(r, s)} of block {r.block} in the wrong state",
@@ -439,8 +434,8 @@ def marker_stray(ctx) -> Iterator[Result]:
                 maybe = stray & ctx.type_is(cols, "table")
             else:
                 maybe = np.zeros_like(stray)
-            out += [(s, e, name, False) for s, e in _runs(stray & ~maybe, start)]
-            out += [(s, e, name, True) for s, e in _runs(maybe, start)]
+            out += [(s, e, name, False) for s, e in runs(stray & ~maybe, start)]
+            out += [(s, e, name, True) for s, e in runs(maybe, start)]
         return out
 
     bad = 0
