@@ -11,6 +11,7 @@ outside pytest's fixture machinery.
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -20,6 +21,8 @@ import pytest
 from drgn_vmemmap.target import open_target
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # vmcores (the factory) is not installed, only drgn_vmemmap
+    sys.path.insert(0, str(REPO))
 FIXTURES = REPO / "vmcores" / "fixtures"
 KERNELS = REPO / "vmcores" / "kernels"
 #: Where the vmcore factory leaves uncompressed build products.

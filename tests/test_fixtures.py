@@ -43,3 +43,17 @@ def test_fixture_as_drgn_reads_it(name):
     assert {b: s for b, s in blocks.items() if b not in hidden} == \
         {b: s for b, s in sysfs.items() if b not in hidden}
     assert len(blocks) == len(sysfs) - (1 if hidden else 0)
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_readme_names_the_point_release(name):
+    """The README's kernel table says which point release each fixture was
+    built from: its manifest's source package and version, and its release."""
+    from conftest import REPO
+    m = MANIFESTS[name]["kernel"]
+    row = next((line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith(f"| `{m['key']}` |")), None)
+    assert row, f"no row for kernel {m['key']} in README's fixture-kernel table"
+    assert f"`{m['source']}" in row and f"| {m['release']} |" in row, row
+    committed = (REPO / "vmcores/kernels" / m["key"] / "source-version").read_text().strip()
+    assert committed == m["source"]

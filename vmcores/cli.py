@@ -5,20 +5,35 @@ import sys
 
 
 def main(argv=None) -> int:
-    from . import kernel
+    from . import debian, kernel
+    from .scenarios import UnknownScenario
 
     p = argparse.ArgumentParser(prog="python -m vmcores", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("kernel", help="build a fixture kernel (cached)")
-    k.add_argument("key", choices=sorted(kernel.KERNELS))
+    k.add_argument("key", help="a fixture kernel (%s) or any Debian series X.Y"
+                   % ", ".join(sorted(kernel.KERNELS)))
     k.add_argument("--commit", action="store_true",
                    help="copy bzImage, config and vmlinux.xz into vmcores/kernels/KEY")
     b = sub.add_parser("build", help="build one fixture: KERNEL SCENARIO")
-    b.add_argument("kernel")
+    b.add_argument("kernel", help="kernel key (6.12, 6.12-marking, ...) or any Debian series X.Y: "
+                   "the newest point release a reachable Debian suite has is built")
     b.add_argument("scenario")
     b.add_argument("--out", help="output directory (default: vmcores/fixtures)")
     sub.add_parser("list", help="list scenarios")
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (debian.Unavailable, UnknownScenario) as e:
+        # What the user asked for does not exist (a series no suite has, a
+        # scenario no kernel has): one line, exit 2.  Build failures keep
+        # their traceback and the failing command's output.
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import kernel
     if args.cmd == "list":
         from .scenarios import SCENARIOS
         for name, sc in sorted(SCENARIOS.items()):

@@ -48,7 +48,7 @@ MARKING_KPF = ("owner_private", "reserved", "vmemmap")
 
 def marking_kernel(key: str) -> bool:
     """Whether kernel ``key`` carries vmemmap-marking patches (see patches/)."""
-    return any("vmemmap-marking" in p for p in kernel.KERNELS[key].patches)
+    return any("vmemmap-marking" in p for p in kernel.spec(key).patches)
 
 
 def kernel_files(key: str) -> Dict[str, Path]:
@@ -271,8 +271,11 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
             "kernel": {"key": scenario.kernel,
                        "source": (files["bzImage"].parent / "source-version").read_text().strip(),
                        "release": (files["bzImage"].parent / "release").read_text().strip(),
+                       # Which Debian suite the source came from (newer builds only).
+                       **({"suite": (files["bzImage"].parent / "source-suite").read_text().strip()}
+                          if (files["bzImage"].parent / "source-suite").exists() else {}),
                        "cmdline": cmdline,
-                       "patches": list(kernel.KERNELS[scenario.kernel].patches)},
+                       "patches": list(kernel.spec(scenario.kernel).patches)},
             "steps": r.log,
         }
         manifest["truth"] = clean_truth or collect_truth(r, scenario.kernel)

@@ -19,13 +19,16 @@ import tarfile
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .paths import CACHE, HERE, run
+from . import debian
+from .paths import CACHE, HERE, log, run
 
 
 class KernelSpec(NamedTuple):
     key: str
     package: str
-    suite: Optional[str]  # None: the machine's own apt sources
+    #: The suite preferred for ``package`` (None: the machine's own suites).
+    #: Never a version: the newest one there is taken (see debian.resolve).
+    suite: Optional[str]
     fragments: List[str]
     patches: List[str]
     #: REQUIRED options this kernel turns off on purpose (its fragment says =n).
@@ -74,63 +77,32 @@ REPRO_ENV = {
 }
 
 
-def apt_options(suite: Optional[str]) -> List[str]:
-    """apt options that read ``suite`` through a private state directory.
-
-    The mirror URI is taken from the machine's configured Debian sources; the
-    system's own apt configuration is never modified.
-    """
-    if suite is None:
-        return []
-    state = CACHE / f"apt-{suite}"
-    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (state / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    sources = state / "sources.list"
-    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                       f"{debian_mirror()} {suite} main\n")
-    opts = [
-        f"-oDir::Etc::sourcelist={sources}",
-        "-oDir::Etc::sourceparts=-",
-        f"-oDir::State::Lists={state / 'lists'}",
-        f"-oDir::Cache={state / 'cache'}",
-        "-oAPT::Get::List-Cleanup=0",
-    ]
-    stamp = state / "updated"
-    if not stamp.exists():
-        run(["apt-get", *opts, "update"])
-        stamp.touch()
-    return opts
+def spec(key: str) -> KernelSpec:
+    """The spec of kernel ``key``: one of :data:`KERNELS`, or any Debian
+    series ``X.Y`` (``linux-source-X.Y`` from whichever suite has it, with
+    ``configs/X.Y.config`` when there is one)."""
+    if key in KERNELS:
+        return KERNELS[key]
+    if re.fullmatch(r"\d+\.\d+", key):
+        frags = ["base"] + ([key] if (HERE / "configs" / f"{key}.config").exists() else [])
+        return KernelSpec(key, f"linux-source-{key}", None, frags, [])
+    raise debian.Unavailable(f"kernel {key!r}: not a Debian kernel series (X.Y) nor one of "
+                             + ", ".join(sorted(KERNELS)))
 
 
-def debian_mirror() -> str:
-    """The Debian mirror URI the machine is configured with."""
-    candidates = [Path("/etc/apt/sources.list")]
-    d = Path("/etc/apt/sources.list.d")
-    if d.is_dir():
-        candidates += sorted(d.iterdir())
-    for path in candidates:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+/debian)/?\s",
-                             text, re.M):
-            return m.group(1)
-    raise RuntimeError("no Debian mirror found in the machine's apt sources")
-
-
-def fetch_source(spec: KernelSpec) -> Path:
-    """Download (no install) the source package; return the kernel tree."""
+def fetch_source(ks: KernelSpec) -> Tuple[Path, debian.Candidate]:
+    """Download (no install) the newest version of the spec's source package
+    that a reachable suite has (see debian.resolve); return the unpacked
+    kernel tree and the version it is."""
     src = CACHE / "src"
     src.mkdir(parents=True, exist_ok=True)
-    opts = apt_options(spec.suite)
-    debs = sorted(src.glob(f"{spec.package}_*.deb"))
-    if not debs:
-        run(["apt-get", *opts, "download", spec.package], cwd=src)
-        debs = sorted(src.glob(f"{spec.package}_*.deb"))
-    deb = debs[-1]
-    version = deb.name.split("_")[1]
-    tree = CACHE / "tree" / f"{spec.package}_{version}"
+    apt = debian.Apt()
+    cand = debian.resolve(ks.package, ks.suite, apt)
+    log(f"{ks.package}: {cand.version} from {cand.suite}")
+    deb = debian.deb_path(src, cand)
+    if not deb.exists():
+        deb = apt.download(cand, src)
+    tree = CACHE / "tree" / f"{ks.package}_{cand.version}"
     if not (tree / "Makefile").exists():
         unpack = CACHE / "tree" / (tree.name + ".unpack")
         shutil.rmtree(unpack, ignore_errors=True)
@@ -143,8 +115,7 @@ def fetch_source(spec: KernelSpec) -> Path:
         shutil.rmtree(tree, ignore_errors=True)
         top.rename(tree)
         shutil.rmtree(unpack)
-    (tree / ".debian-version").write_text(version + "\n")
-    return tree
+    return tree, cand
 
 
 def read_config(path: Path) -> Dict[str, str]:
@@ -158,20 +129,19 @@ def read_config(path: Path) -> Dict[str, str]:
 
 def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     """Build kernel ``key``; return its build directory in the cache."""
-    spec = KERNELS[key]
+    kspec = spec(key)
     out = CACHE / "build" / key
     if (out / "done").exists():
         return out
-    tree = fetch_source(spec)
-    version = (tree / ".debian-version").read_text().strip()
+    tree, cand = fetch_source(kspec)
     obj = CACHE / "obj" / key
-    if spec.patches:
+    if kspec.patches:
         # Patched kernels build from their own copy of the tree.
         ptree = CACHE / "tree" / f"{tree.name}+{key}"
         if not (ptree / "Makefile").exists():
             shutil.rmtree(ptree, ignore_errors=True)
             run(["cp", "-a", str(tree), str(ptree)])
-            for patch in spec.patches:
+            for patch in kspec.patches:
                 run(["patch", "-p1", "-i", str(HERE / "patches" / patch)], cwd=ptree)
         tree = ptree
     obj.mkdir(parents=True, exist_ok=True)
@@ -179,12 +149,12 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     jobs = jobs or (os.cpu_count() or 1) + 1
     make = ["make", "-C", str(tree), f"O={obj}", f"-j{jobs}"]
     run(make + ["tinyconfig"], env=env)
-    fragments = [str(HERE / "configs" / f"{f}.config") for f in spec.fragments]
+    fragments = [str(HERE / "configs" / f"{f}.config") for f in kspec.fragments]
     run([str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
          str(obj / ".config"), *fragments], env=env, cwd=tree)
     run(make + ["olddefconfig"], env=env)
     config = read_config(obj / ".config")
-    missing = [o for o in REQUIRED if o not in spec.without and config.get(o) != "y"]
+    missing = [o for o in REQUIRED if o not in kspec.without and config.get(o) != "y"]
     # Every option the fragments ask for must survive, "=n" included; a later
     # fragment overrides an earlier one, as merge_config.sh does.
     wanted: Dict[str, str] = {}
@@ -204,7 +174,8 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     shutil.copy(obj / ".config", out / "config")
     release = (obj / "include/config/kernel.release").read_text().strip()
     (out / "release").write_text(release + "\n")
-    (out / "source-version").write_text(f"{spec.package} {version}\n")
+    (out / "source-version").write_text(f"{kspec.package} {cand.version}\n")
+    (out / "source-suite").write_text(cand.suite + "\n")
     (out / "objdir").write_text(str(obj) + "\n")
     (out / "done").touch()
     return out
@@ -236,11 +207,11 @@ def debug_vmlinux(build: Path) -> Path:
 def commit_kernel(key: str) -> Path:
     """Copy a built kernel into ``vmcores/kernels/KEY``: config, release,
     source-version, ``vmlinux.xz`` and, if it is booted live, bzImage."""
-    spec = KERNELS[key]
+    kspec = spec(key)
     build = build_kernel(key)
     dest = HERE / "kernels" / key
     dest.mkdir(parents=True, exist_ok=True)
-    if spec.bzimage:
+    if kspec.bzimage:
         shutil.copy(build / "bzImage", dest / "bzImage")
     shutil.copy(build / "config", dest / "config")
     for name in ("release", "source-version"):

@@ -12,7 +12,12 @@ action.  ``fixture.py`` runs them.
     ("fault", op, {args})           faultmod.ko injects a corruption (see faultmod/)
 """
 
+import re
 from typing import Any, Dict, List, NamedTuple, Tuple
+
+
+class UnknownScenario(LookupError):
+    """No such scenario for that kernel; ``str()`` is the one-line message."""
 
 
 class Scenario(NamedTuple):
@@ -286,8 +291,13 @@ _add("faults", Scenario("6.12-force", _FORCE_BASIC + _FORCE_FAULTS, _FORCE_DOC +
 
 
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
+    """The scenario ``name`` on ``kernel``.  hotplug-basic exists for every
+    Debian series ``X.Y``, not only the committed ones: ``vmcores build 7.3
+    hotplug-basic`` builds whatever 7.3 a reachable suite has."""
     full = f"{kernel}-{name}"
+    if full not in SCENARIOS and name == "hotplug-basic" and re.fullmatch(r"\d+\.\d+", kernel):
+        return full, Scenario(kernel, list(_BASIC), SCENARIOS["6.12-hotplug-basic"].doc)
     if full not in SCENARIOS:
-        raise KeyError(f"no scenario {name!r} for kernel {kernel!r}; have: "
+        raise UnknownScenario(f"no scenario {name!r} for kernel {kernel!r}; have: "
                        + ", ".join(sorted(SCENARIOS)))
     return full, SCENARIOS[full]
