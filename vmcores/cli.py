@@ -20,6 +20,10 @@ def main(argv=None) -> int:
                    "the newest point release a reachable Debian suite has is built")
     b.add_argument("scenario")
     b.add_argument("--out", help="output directory (default: vmcores/fixtures)")
+    b.add_argument("--committed-kernel", action="store_true",
+                   help="boot the kernel committed in vmcores/kernels/KERNEL instead of "
+                   "building it, so the new dump pairs with its committed vmlinux.xz "
+                   "(faultmod.ko builds against that kernel's exact Debian source)")
     sub.add_parser("list", help="list scenarios")
     args = p.parse_args(argv)
     try:
@@ -43,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         from pathlib import Path
         from .fixture import build_fixture
         kw = {"out_dir": Path(args.out)} if args.out else {}
-        print(build_fixture(args.kernel, args.scenario, **kw))
+        print(build_fixture(args.kernel, args.scenario,
+                            committed_kernel=args.committed_kernel, **kw))
         return 0
     if args.cmd == "kernel":
         out = kernel.commit_kernel(args.key) if args.commit else kernel.build_kernel(args.key)

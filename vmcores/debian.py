@@ -20,9 +20,9 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .paths import CACHE, log, run
+from .paths import CACHE, log
 
 #: Suites searched after the machine's own, on the machine's mirrors, in
 #: order of preference: where a series goes when it leaves unstable (testing,

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from . import kernel, truth
 from .guest import Guest, build_initramfs
-from .paths import CACHE, FIXTURES, log, run
+from .paths import CACHE, FIXTURES, KERNEL_DIR, log, run
 from .scenarios import CMDLINE, Scenario, lookup
 
 PAGE_SIZE = 4096
@@ -51,11 +51,25 @@ def marking_kernel(key: str) -> bool:
     return any("vmemmap-marking" in p for p in kernel.spec(key).patches)
 
 
-def kernel_files(key: str) -> Dict[str, Path]:
-    """bzImage, vmlinux and object directory of kernel ``key`` (built if needed)."""
-    build = kernel.build_kernel(key)
-    return {"bzImage": build / "bzImage", "vmlinux": build / "vmlinux",
-            "obj": Path((build / "objdir").read_text().strip())}
+def kernel_files(key: str, committed: bool = False) -> Dict[str, Path]:
+    """bzImage, vmlinux and the directory holding release / source-version of
+    kernel ``key``: built (cached) from its Debian source, or with
+    ``committed`` the kernel committed in ``vmcores/kernels/KEY``, so that a
+    new scenario's dump pairs with a vmlinux.xz already in the repository."""
+    if not committed:
+        build = kernel.build_kernel(key)
+        return {"bzImage": build / "bzImage", "vmlinux": build / "vmlinux", "info": build}
+    d = KERNEL_DIR / key
+    if not (d / "bzImage").exists():
+        raise kernel.debian.Unavailable(
+            f"kernel {key}: no committed bzImage in {d} (only kernels that live tests "
+            "boot keep one); build it from source instead")
+    vmlinux = CACHE / "committed" / key / "vmlinux"
+    if not vmlinux.exists() or vmlinux.stat().st_mtime < (d / "vmlinux.xz").stat().st_mtime:
+        vmlinux.parent.mkdir(parents=True, exist_ok=True)
+        with open(vmlinux, "wb") as f:
+            subprocess.run(["xz", "-dc", str(d / "vmlinux.xz")], stdout=f, check=True)
+    return {"bzImage": d / "bzImage", "vmlinux": vmlinux, "info": d}
 
 
 class Runner:
@@ -67,6 +81,8 @@ class Runner:
         self.log: List[Dict[str, Any]] = []
         self.faults: List[Dict[str, Any]] = []
         self.removed: List[Dict[str, Any]] = []
+        #: Booted the committed kernel (faultmod builds against its module tree).
+        self.committed = False
 
     def dimm_blocks(self, dimm: str) -> List[int]:
         info = self.g.dimms[dimm]
@@ -241,22 +257,25 @@ print(n)
     return None
 
 
-def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Path:
+def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
+                  committed_kernel: bool = False) -> Path:
     name, scenario = lookup(key, scenario_name)
-    files = kernel_files(scenario.kernel)
+    files = kernel_files(scenario.kernel, committed_kernel)
+    info = files["info"]
     work = CACHE / "run" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     extra = []
     if any(s[0] == "fault" for s in scenario.steps):
         from .faults import build_module
-        extra.append(build_module(scenario.kernel))
+        extra.append(build_module(scenario.kernel, committed_kernel))
     initramfs = build_initramfs(work / "initramfs.cpio.gz", extra)
     t0 = time.monotonic()
     cmdline = f"{CMDLINE} {scenario.cmdline}".strip()
     with Guest(files["bzImage"], initramfs, work, cmdline=cmdline,
                mem_mb=scenario.mem_mb) as g:
         r = Runner(name, scenario, g, truth.block_size(g))
+        r.committed = committed_kernel
         clean_truth = None
         for step in scenario.steps:
             if step[0] == "fault" and clean_truth is None:
@@ -269,11 +288,12 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES) -> Pat
             "name": name,
             "doc": scenario.doc,
             "kernel": {"key": scenario.kernel,
-                       "source": (files["bzImage"].parent / "source-version").read_text().strip(),
-                       "release": (files["bzImage"].parent / "release").read_text().strip(),
+                       "source": (info / "source-version").read_text().strip(),
+                       "release": (info / "release").read_text().strip(),
                        # Which Debian suite the source came from (newer builds only).
-                       **({"suite": (files["bzImage"].parent / "source-suite").read_text().strip()}
-                          if (files["bzImage"].parent / "source-suite").exists() else {}),
+                       **({"suite": (info / "source-suite").read_text().strip()}
+                          if (info / "source-suite").exists() else {}),
+                       **({"committed": True} if committed_kernel else {}),
                        "cmdline": cmdline,
                        "patches": list(kernel.spec(scenario.kernel).patches)},
             "steps": r.log,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from . import debian
-from .paths import CACHE, HERE, log, run
+from .paths import CACHE, HERE, KERNEL_DIR, log, run
 
 
 class KernelSpec(NamedTuple):
@@ -90,14 +90,23 @@ def spec(key: str) -> KernelSpec:
                              + ", ".join(sorted(KERNELS)))
 
 
-def fetch_source(ks: KernelSpec) -> Tuple[Path, debian.Candidate]:
+def fetch_source(ks: KernelSpec, version: Optional[str] = None) -> Tuple[Path, debian.Candidate]:
     """Download (no install) the newest version of the spec's source package
-    that a reachable suite has (see debian.resolve); return the unpacked
-    kernel tree and the version it is."""
+    that a reachable suite has (see debian.resolve), or exactly ``version``;
+    return the unpacked kernel tree and the version it is."""
     src = CACHE / "src"
     src.mkdir(parents=True, exist_ok=True)
     apt = debian.Apt()
-    cand = debian.resolve(ks.package, ks.suite, apt)
+    if version is None:
+        cand = debian.resolve(ks.package, ks.suite, apt)
+    else:
+        apt.update()
+        cand = next((c for c in apt.versions(ks.package) if c.version == version), None)
+        if cand is None:
+            raise debian.Unavailable(
+                f"{ks.package} {version} is no longer on the mirror (it has: "
+                + (", ".join(sorted({c.version for c in apt.versions(ks.package)})) or "none")
+                + "); build from the newest source instead")
     log(f"{ks.package}: {cand.version} from {cand.suite}")
     deb = debian.deb_path(src, cand)
     if not deb.exists():
@@ -118,6 +127,69 @@ def fetch_source(ks: KernelSpec) -> Tuple[Path, debian.Candidate]:
     return tree, cand
 
 
+def _patched(tree: Path, ks: KernelSpec) -> Path:
+    """The tree with the spec's patches applied (a copy of its own)."""
+    if not ks.patches:
+        return tree
+    ptree = CACHE / "tree" / f"{tree.name}+{ks.key}"
+    if not (ptree / "Makefile").exists():
+        shutil.rmtree(ptree, ignore_errors=True)
+        run(["cp", "-a", str(tree), str(ptree)])
+        for patch in ks.patches:
+            run(["patch", "-p1", "-i", str(HERE / "patches" / patch)], cwd=ptree)
+    return ptree
+
+
+def module_tree(key: str) -> Path:
+    """An object directory that builds modules for the kernel *committed* in
+    ``vmcores/kernels/KEY`` (faultmod.ko for fault fixtures on it), with a
+    ``System.map`` read from its committed vmlinux.
+
+    The committed source version is configured with the committed config and
+    prepared (``modules_prepare``), never built: a module needs only the
+    headers, the config and a matching release string (tinyconfig has no
+    MODVERSIONS, so no symbol CRCs).  Needs that exact source version on the
+    mirror; fails with one line when it is gone.
+    """
+    d = KERNEL_DIR / key
+    ks = spec(key)
+    package, version = (d / "source-version").read_text().split()
+    release = (d / "release").read_text().strip()
+    obj = CACHE / "obj-committed" / key
+    if (obj / "done").exists():
+        return obj
+    tree, _ = fetch_source(ks._replace(package=package), version)
+    tree = _patched(tree, ks)
+    shutil.rmtree(obj, ignore_errors=True)
+    obj.mkdir(parents=True)
+    shutil.copy(d / "config", obj / ".config")
+    env = dict(os.environ, **REPRO_ENV)
+    make = ["make", "-C", str(tree), f"O={obj}", f"-j{(os.cpu_count() or 1) + 1}"]
+    run(make + ["olddefconfig"], env=env)
+    run(make + ["modules_prepare"], env=env)
+    got = (obj / "include/config/kernel.release").read_text().strip()
+    if got != release:
+        raise RuntimeError(f"kernel {key}: the prepared tree says {got}, the committed "
+                           f"kernel {release}")
+    with open(obj / "System.map", "w") as f:
+        vmlinux = subprocess.run(["xz", "-dc", str(d / "vmlinux.xz")], capture_output=True,
+                                 check=True).stdout
+        tmp = obj / "vmlinux.debug"
+        tmp.write_bytes(vmlinux)
+        subprocess.run(["nm", "-n", str(tmp)], stdout=f, check=True)
+        tmp.unlink()
+    (obj / "done").touch()
+    return obj
+
+
+def objdir(key: str, committed: bool = False) -> Path:
+    """The object directory modules for kernel ``key`` build against: its
+    build's, or with ``committed`` the one for the committed kernel."""
+    if committed:
+        return module_tree(key)
+    return Path((build_kernel(key) / "objdir").read_text().strip())
+
+
 def read_config(path: Path) -> Dict[str, str]:
     out = {}
     for line in path.read_text().splitlines():
@@ -135,15 +207,7 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
         return out
     tree, cand = fetch_source(kspec)
     obj = CACHE / "obj" / key
-    if kspec.patches:
-        # Patched kernels build from their own copy of the tree.
-        ptree = CACHE / "tree" / f"{tree.name}+{key}"
-        if not (ptree / "Makefile").exists():
-            shutil.rmtree(ptree, ignore_errors=True)
-            run(["cp", "-a", str(tree), str(ptree)])
-            for patch in kspec.patches:
-                run(["patch", "-p1", "-i", str(HERE / "patches" / patch)], cwd=ptree)
-        tree = ptree
+    tree = _patched(tree, kspec)  # patched kernels build from their own copy
     obj.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **REPRO_ENV)
     jobs = jobs or (os.cpu_count() or 1) + 1
