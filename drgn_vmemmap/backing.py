@@ -3,9 +3,32 @@ Vmemmap Backing
 ---------------
 
 Which frames hold the ``struct page`` array of every present section, found
-by walking the kernel page tables (the ground truth), and from that the
-self-hosted ranges: the frames at the start of a hot-plugged memory block that
-hold that block's own struct pages (``memory_hotplug.memmap_on_memory``).
+by walking the kernel page tables (the ground truth), and how each frame came
+to hold it, by the kernel's allocation paths:
+
+* the block's own **altmap area** (``memory_hotplug.memmap_on_memory``):
+  ``mhp_init_memmap_on_memory()``'s frames, carved from the block's first
+  pfn when it was added (``altmap->base_pfn``; ``altmap->reserve`` is 0 for
+  every memory-hotplug altmap) and mapped in order, struct page ``i`` of the
+  block on frame ``start + i * sizeof(struct page) / PAGE_SIZE``
+  (``vmemmap_populate()`` -> ``vmemmap_alloc_block_buf(..., altmap)`` ->
+  ``altmap_alloc_block_buf()``, x86/arm64 PMD leaves, ppc64 radix base
+  pages).  Only these frames are **self-hosted**;
+* **boot** memory (memblock: ``sparse_init()`` -> ``memmap_alloc()``), for
+  boot sections;
+* the **page allocator** (``vmemmap_alloc_block()`` -> ``alloc_pages_node()``
+  when a block is added without memmap_on_memory, virtio-mem, and HVO's
+  replacement vmemmap page, ``vmemmap_remap_free()`` -> ``alloc_pages_node()``):
+  ordinary frames anywhere in a kernel zone, hot-added blocks included.
+  Normal, and never marked;
+* **another block's altmap area**: never done by the kernel (an error).
+
+So "the page tables point into the block" is not self-hosting: a frame is in
+a block's altmap area when the block's own memmap is mapped on it in that
+order (the *identity* position), or the block records it as vmemmap
+(``altmap->free``, ``nr_vmemmap_pages``).  The area is populated when the
+block is added, before it exists as memory, so nothing allocated later (HVO)
+can be at the identity position by chance: HVO's pages are aliased.
 
 Boot memory is never self-hosted.  The boot memmap comes from memblock, near
 the top of each node, so the last boot block's struct pages usually lie in
@@ -29,6 +52,7 @@ __all__ = (
     "KINDS",
     "SelfHostedRange",
     "frames_to_described",
+    "hotplugged_blocks",
     "self_hosted_ranges",
     "vmemmap_backing",
 )
@@ -44,13 +68,15 @@ class Extent(NamedTuple):
 
     ``kind`` is one of:
 
-    * ``"self-hosted"``: frames inside the hot-plugged block whose pfns they
-      describe;
-    * ``"boot-allocated"``: the memmap of a boot (early) block, in boot memory
-      (possibly inside the described block itself);
-    * ``"other-block"``: frames inside a *different* hot-plugged block;
-    * ``"ordinary"``: a hot-plugged block's memmap in boot memory or in RAM
-      outside any hot-plugged block;
+    * ``"self-hosted"``: frames of the described block's own altmap area;
+    * ``"boot-allocated"``: the memmap of a boot (early) block, in boot
+      memory (possibly inside the described block itself);
+    * ``"other-block"``: frames of a *different* block's altmap area (the
+      kernel never does this);
+    * ``"ordinary"``: frames from the page allocator: a hot-plugged block's
+      memmap anywhere outside an altmap area (memmap_on_memory off,
+      virtio-mem), or any memmap in ordinary frames of a hot-plugged block
+      (HVO's replacement pages), its own block included;
     * ``"unbacked"``: not mapped by the page tables;
     * ``"unreadable"``: page-table pages missing from the dump.
     """
@@ -113,7 +139,7 @@ class SelfHostedRange(NamedTuple):
     zone: Optional[str]
 
 
-def _hotplugged_blocks(mm: MemoryMap) -> Dict[int, bool]:
+def hotplugged_blocks(mm: MemoryMap) -> Dict[int, bool]:
     """Block id -> hot-plugged (no present section of it is early)."""
     per = mm.features.sections_per_block
     hot: Dict[int, bool] = {}
@@ -158,16 +184,28 @@ def _split_by_host(m: Mapping, block_bytes: int) -> Iterable[Mapping]:
         va, pa, size = va + n, pa + n, size - n
 
 
-def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
-              hot: Dict[int, bool]) -> None:
-    f = mm.features
+class _Piece(NamedTuple):
+    """One section's run of a mapping, before it is classified."""
+
+    pfn: int
+    stop: int
+    section: int
+    va0: int
+    va1: int
+    status: str
+    frame: Optional[int]
+    nframes: int
+    pa0: Optional[int]
+    aliased: bool
+
+
+def _pieces(f, mappings: List[Mapping]) -> Iterable[_Piece]:
     shift = f.page_shift
     page = 1 << shift
     sp = f.layout.size
     base = f.vmemmap_base
     block_bytes = f.pages_per_block << shift
     per_section = f.pages_per_section
-    per_block = f.pages_per_block
     for whole in mappings:
         for m in _split_by_host(whole, block_bytes):
             first = (m.va - base) // sp
@@ -179,11 +217,8 @@ def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
                 stop = min(last, (nr + 1) * per_section)
                 va0 = max(m.va, base + pfn * sp)
                 va1 = min(m.end, base + stop * sp)
-                described_block = nr // mm.features.sections_per_block
                 if m.status != "mapped":
-                    kind = "unbacked" if m.status == "unmapped" else "unreadable"
-                    ext = Extent(pfn, stop, None, 0, kind, None, nr, va0, None,
-                                 va1 - va0, False)
+                    yield _Piece(pfn, stop, nr, va0, va1, m.status, None, 0, None, False)
                 else:
                     # A piece that fits inside one period of an aliased run
                     # is linear (two PMDs mapping the same 2 MiB, each
@@ -193,27 +228,68 @@ def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
                     if aliased:
                         pa0 = m.pa
                         nframes = -(-m.alias // page)
-                    elif m.alias:
-                        pa0 = m.pa + offset
-                        nframes = ((pa0 + va1 - va0 - 1) >> shift) - (pa0 >> shift) + 1
                     else:
-                        pa0 = m.pa + (va0 - m.va)
+                        pa0 = m.pa + offset if m.alias else m.pa + (va0 - m.va)
                         nframes = ((pa0 + va1 - va0 - 1) >> shift) - (pa0 >> shift) + 1
-                    frame = pa0 >> shift
-                    host = frame // per_block
-                    host_hot = hot.get(host, False)
-                    if host == described_block:
-                        kind = "self-hosted" if host_hot else "boot-allocated"
-                    elif host_hot:
-                        kind = "other-block"
-                    elif hot.get(described_block, False):
-                        kind = "ordinary"
-                    else:
-                        kind = "boot-allocated"
-                    ext = Extent(pfn, stop, frame, nframes, kind, host, nr, va0, pa0,
-                                 va1 - va0, aliased)
-                out.append(ext)
+                    yield _Piece(pfn, stop, nr, va0, va1, "mapped", pa0 >> shift, nframes,
+                                 pa0, aliased)
                 pfn = stop
+
+
+def _areas(mm: MemoryMap, pieces: List[_Piece], hot: Dict[int, bool]) -> Dict[int, int]:
+    """Hot-plugged block id -> end pfn of its altmap area (which starts at
+    the block's first pfn): as far as its own struct pages are mapped at the
+    identity position, or as far as the block records vmemmap pages, which
+    ever is further.  Blocks with neither have no area."""
+    f = mm.features
+    per_block = f.pages_per_block
+    sp = f.layout.size
+    shift = f.page_shift
+    base = f.vmemmap_base
+    out: Dict[int, int] = {}
+    for p in pieces:
+        if p.frame is None or p.aliased:
+            continue
+        bid = p.pfn // per_block
+        if not hot.get(bid) or p.frame // per_block != bid:
+            continue
+        start = bid * per_block
+        if p.pa0 == (start << shift) + (p.va0 - (base + start * sp)):
+            out[bid] = max(out.get(bid, 0), p.frame + p.nframes)
+    for b in mm.blocks.values():
+        if b.error or not hot.get(b.id):
+            continue
+        recorded = b.vmemmap_pages  # altmap->free from 6.6: force padding included
+        if recorded:
+            end = min(b.start_pfn + recorded, b.end_pfn)
+            out[b.id] = max(out.get(b.id, 0), end)
+    return out
+
+
+def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
+              hot: Dict[int, bool]) -> None:
+    f = mm.features
+    per_block = f.pages_per_block
+    spb = f.sections_per_block
+    pieces = list(_pieces(f, mappings))
+    areas = _areas(mm, pieces, hot)
+    for p in pieces:
+        described_block = p.section // spb
+        if p.frame is None:
+            kind = "unbacked" if p.status == "unmapped" else "unreadable"
+            out.append(Extent(p.pfn, p.stop, None, 0, kind, None, p.section, p.va0, None,
+                              p.va1 - p.va0, False))
+            continue
+        host = p.frame // per_block
+        in_area = p.frame < areas.get(host, host * per_block)
+        if in_area:
+            kind = "self-hosted" if host == described_block else "other-block"
+        elif hot.get(described_block, False) or hot.get(host, False):
+            kind = "ordinary"
+        else:
+            kind = "boot-allocated"
+        out.append(Extent(p.pfn, p.stop, p.frame, p.nframes, kind, host, p.section, p.va0,
+                          p.pa0, p.va1 - p.va0, p.aliased))
 
 
 @takes_program_or_default
@@ -263,7 +339,7 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
             mappings.extend(walker.translate(start, length))
         else:
             mappings.extend(translate(prog, start, length, slow=True))
-    _classify(mm, result, mappings, _hotplugged_blocks(mm))
+    _classify(mm, result, mappings, hotplugged_blocks(mm))
     if walker is not None:
         result.tables_read = walker.tables_read
     result.seconds = time.perf_counter() - t0

@@ -19,7 +19,7 @@ from drgn.helpers.linux.list import list_for_each_entry
 from . import backing as _backing
 from . import scan as _scan
 from .model import Block, MemoryMap, memory_map
-from .report import NotChecked, Range, Report, Violation
+from .report import Note, NotChecked, Range, Report, Violation
 from .rules import RULES, state_name
 from .target import target_kind
 
@@ -48,6 +48,8 @@ class Context:
         self._range_starts: List[int] = []
         self._ranges: Optional[Dict[int, Range]] = None
         self._scans: Dict[Tuple[int, int], object] = {}
+        self._hot: Optional[Dict[int, bool]] = None
+        self._page_offset: Optional[int] = None
 
     # --- geometry ------------------------------------------------------------
 
@@ -58,8 +60,24 @@ class Context:
         return pfn // self.features.pages_per_block
 
     def is_hotplugged(self, b: Block) -> bool:
-        secs = list(self.mm.block_sections(b))
-        return bool(secs) and not any(s.has("IS_EARLY") for s in secs)
+        return self.hotplugged().get(b.id, False)
+
+    def page_offset(self) -> Optional[int]:
+        """The direct map's base (``PAGE_OFFSET``): every ``address_space``
+        lies at or above it; poison values and user addresses do not."""
+        if self._page_offset is None:
+            from drgn.helpers.linux.mm import pfn_to_virt
+            try:
+                self._page_offset = pfn_to_virt(self.prog, 0).value_()
+            except (LookupError, ValueError, FaultError, NotImplementedError):
+                self._page_offset = -1
+        return None if self._page_offset < 0 else self._page_offset
+
+    def hotplugged(self) -> Dict[int, bool]:
+        """Block id -> hot-plugged (present sections, none of them early)."""
+        if self._hot is None:
+            self._hot = _backing.hotplugged_blocks(self.mm)
+        return self._hot
 
     def xarray_blocks(self) -> Optional[Dict[int, int]]:
         from drgn.helpers.linux.xarray import xa_load
@@ -356,22 +374,25 @@ def _blocks_json(ctx: Context, violations: List[Violation],
 #: How many times a live check is retried when a block changes under it.
 LIVE_RETRIES = 3
 
-_Results = Tuple[List[Violation], List[NotChecked], Dict[str, int]]
+_Results = Tuple[List[Violation], List[NotChecked], Dict[str, int], List[Note]]
 
 
 def _run_rules(ctx: Context, rules: Optional[Iterable[str]]) -> _Results:
     violations: List[Violation] = []
     not_checked: List[NotChecked] = [NotChecked("*", e) for e in ctx.mm.errors]
     holds: Dict[str, int] = {}
+    notes: List[Note] = []
     for rule_id in rules or RULES:
         for result in RULES[rule_id](ctx):
             if isinstance(result, Violation):
                 violations.append(result)
             elif isinstance(result, NotChecked):
                 not_checked.append(result)
+            elif isinstance(result, Note):
+                notes.append(result)
             else:
                 holds[result.rule] = holds.get(result.rule, 0) + result.count
-    return violations, not_checked, holds
+    return violations, not_checked, holds, notes
 
 
 def _snapshot(mm: MemoryMap) -> Dict[int, tuple]:
@@ -436,7 +457,7 @@ def _race(results: _Results, changed: List[int], pages_per_block: int,
           epochs: Tuple[_Epoch, _Epoch]) -> _Results:
     """Violations touching a block that kept changing become "not checked",
     and each such block is reported as not checked."""
-    violations, not_checked, holds = results
+    violations, not_checked, holds, notes = results
     kept: List[Violation] = []
     not_checked = list(not_checked) + [
         NotChecked("*", f"live race: block {bid} changed during the check",
@@ -459,7 +480,7 @@ def _race(results: _Results, changed: List[int], pages_per_block: int,
         else:
             not_checked.append(NotChecked(v.rule, f"live race: block {hit} changed during "
                                           "the check", v.pfn_start, v.pfn_end))
-    return kept, not_checked, holds
+    return kept, not_checked, holds, notes
 
 
 @takes_program_or_default
@@ -501,7 +522,7 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     if raced:
         results = _race(results, _changed_blocks(snapshots), ctx.features.pages_per_block,
                         (e0, e1))
-    violations, not_checked, holds = results
+    violations, not_checked, holds, notes = results
     violations.sort(key=lambda v: (v.rule, v.pfn_start))
     unreadable = sorted({(s, e) for s, e in ctx.unreadable})
     stats = {"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
@@ -520,4 +541,5 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
         stats=stats,
         blocks=_blocks_json(ctx, violations,
                             _changed_blocks(snapshots) if raced else ()),
+        notes=sorted(notes, key=lambda n: (n.rule, n.pfn_start)),
     )

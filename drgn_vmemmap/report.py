@@ -11,6 +11,7 @@ import json
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 __all__ = (
+    "Note",
     "NotChecked",
     "Range",
     "Report",
@@ -80,6 +81,18 @@ class NotChecked(NamedTuple):
     pfn_end: Optional[int] = None
 
 
+class Note(NamedTuple):
+    """Something normal but worth knowing, over ``[pfn_start, pfn_end)``:
+    it holds, and says what it implies (e.g. which block cannot be unplugged
+    first).  Never a violation."""
+
+    rule: str
+    pfn_start: int
+    pfn_end: int
+    block: Optional[int]
+    message: str
+
+
 class Report(NamedTuple):
     target: Dict[str, Any]
     features: Dict[str, Any]
@@ -92,6 +105,7 @@ class Report(NamedTuple):
     holds: Dict[str, int]
     stats: Dict[str, Any]
     blocks: List[Dict[str, Any]]
+    notes: List[Note] = []
 
     def errors(self) -> List[Violation]:
         return [v for v in self.violations if v.severity == "error"]
@@ -104,6 +118,7 @@ class Report(NamedTuple):
             "ranges": [r._asdict() for r in self.ranges],
             "violations": [v._asdict() for v in self.violations],
             "not_checked": [n._asdict() for n in self.not_checked],
+            "notes": [n._asdict() for n in self.notes],
             "unreadable": self.unreadable,
             "holds": self.holds,
             "blocks": self.blocks,
@@ -186,6 +201,9 @@ def render_table(report: Report) -> str:
             seen[(n.rule, n.reason)] = seen.get((n.rule, n.reason), 0) + 1
         for (rule, reason), count in sorted(seen.items()):
             lines.append(f"  {rule}: {reason}" + (f" ({count} ranges)" if count > 1 else ""))
+    if report.notes:
+        lines += ["", "notes:"]
+        lines += [f"  {n.rule}: {n.message}" for n in report.notes]
     if report.unreadable:
         total = sum(e - s for s, e in report.unreadable)
         lines += ["", f"unreadable: {total} struct pages missing from the dump in "

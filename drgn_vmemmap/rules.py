@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, 
 
 import numpy as np
 
-from .report import NotChecked, Violation
+from .report import Note, NotChecked, Violation
 from .scan import runs
 
 __all__ = ("Holds", "RULES", "Result")
@@ -23,7 +23,7 @@ class Holds(NamedTuple):
     count: int = 1
 
 
-Result = Union[Violation, NotChecked, Holds]
+Result = Union[Violation, NotChecked, Holds, Note]
 
 STATE_NAMES = {
     "MEM_ONLINE": "online", "MEM_OFFLINE": "offline", "MEM_GOING_OFFLINE": "going-offline",
@@ -242,8 +242,24 @@ def vmemmap_unbacked(ctx) -> Iterator[Result]:
 
 
 def cross_hosted(ctx) -> Iterator[Result]:
+    """
+    Whose frames hold each memmap, by what that breaks:
+
+    * another block's altmap area (its self-hosted vmemmap, or the pages it
+      reserved for it): the kernel never does this, and removing either
+      block corrupts the other's struct pages (error);
+    * ordinary frames of another hot-pluggable block in ZONE_MOVABLE: the
+      page allocator never hands those out for memmap (GFP_KERNEL), and
+      unmovable memmap there makes the block impossible to offline (warning);
+    * ordinary frames of another hot-pluggable block in a kernel zone: what
+      memmap_on_memory=0, virtio-mem and HVO's replacement pages do all the
+      time, and normal; a note says which block cannot be unplugged first.
+    """
     rule = "cross-hosted"
     bad = 0
+    hot = ctx.hotplugged()
+    # (owner block, host block) -> [pfn_start, pfn_end, frames, aliased only]
+    shared: Dict[Tuple[int, int], List[int]] = {}
     for e in ctx.extents():
         if e.kind in ("unbacked", "unreadable", "self-hosted"):
             continue
@@ -252,21 +268,46 @@ def cross_hosted(ctx) -> Iterator[Result]:
         fstart, fend = e.frame_start_pfn, e.frame_start_pfn + e.nr_frames
         inside = next((r for r in ctx.ranges_overlapping(fstart, fend) if r.block != owner),
                       None)
-        if inside is not None:
+        if inside is not None or e.kind == "other-block":
             bad += 1
+            area = inside.block if inside is not None else host
             yield _v(rule, e.described_start_pfn, e.described_end_pfn,
-                     "struct pages backed outside other blocks' self-hosted ranges",
-                     f"frames {fstart:#x}-{fend - 1:#x} inside block {inside.block}'s vmemmap",
-                     f"block {owner}'s memmap is hosted by block {inside.block}'s self-hosted pages",
+                     "struct pages backed outside other blocks' vmemmap areas",
+                     f"frames {fstart:#x}-{fend - 1:#x} inside block {area}'s vmemmap area",
+                     f"block {owner}'s memmap is hosted by block {area}'s self-hosted pages",
                      section=ctx.section_nr(e.described_start_pfn), block=owner)
-        elif e.kind == "other-block":
+            continue
+        if host == owner or not hot.get(host, False):
+            continue
+        hb = ctx.mm.blocks.get(host)
+        if hb is not None and hb.zone == "Movable":
             bad += 1
             yield _v(rule, e.described_start_pfn, e.described_end_pfn,
-                     "memmap not hosted by another hot-pluggable block",
-                     f"frames {fstart:#x}-{fend - 1:#x} in block {host}",
-                     f"block {owner}'s memmap lives in hot-pluggable block {host}: removing "
-                     f"{host} would pull it away", section=ctx.section_nr(e.described_start_pfn),
+                     "memmap not in ZONE_MOVABLE",
+                     f"frames {fstart:#x}-{fend - 1:#x} in movable block {host}",
+                     f"block {owner}'s memmap lives in ZONE_MOVABLE block {host}: the kernel "
+                     f"allocates memmap GFP_KERNEL, and unmovable memmap there keeps block "
+                     f"{host} from going offline", section=ctx.section_nr(e.described_start_pfn),
                      block=owner, severity="warning")
+            continue
+        # HVO's replacement vmemmap pages (aliased) apart from the memmap
+        # the block was added with: they go away with their folios.
+        acc = shared.setdefault((owner, host, e.aliased),
+                                [e.described_start_pfn, e.described_end_pfn, set()])
+        acc[0] = min(acc[0], e.described_start_pfn)
+        acc[1] = max(acc[1], e.described_end_pfn)
+        acc[2].update(range(fstart, fend))
+    for (owner, host, aliased), (start, end, frames) in sorted(shared.items()):
+        hb = ctx.mm.blocks.get(host)
+        zone = f" ({hb.zone})" if hb is not None and hb.zone else ""
+        what = (f"HVO's replacement vmemmap pages for HugeTLB folios of block {owner}"
+                if aliased else f"the memmap of block {owner}")
+        until = (f"while block {owner} keeps those folios" if aliased
+                 else f"while block {owner} is present")
+        yield Note(rule, start, end, owner,
+                   f"{len(frames)} ordinary frame(s) of hot-pluggable block {host}{zone} hold "
+                   f"{what} (pfns {start:#x}-{end - 1:#x}): block {host} cannot be unplugged "
+                   + until)
     if not bad:
         yield Holds(rule)
 
@@ -296,12 +337,19 @@ def _what(r, pfn: int) -> str:
     return "self-hosted vmemmap pages"
 
 
+#: Why the per-range rules decide nothing on a kernel with no self-hosted block.
+_NO_RANGES = ("no self-hosted vmemmap: no block hosts its own memmap (memmap_on_memory "
+              "off, or no block was added with it)")
+
+
 def vmemmap_unmarked(ctx) -> Iterator[Result]:
     rule = "vmemmap-unmarked"
     page_markers = [m for m in ctx.features.markers if not m.startswith("SECTION_")]
     if not page_markers:
         yield NotChecked(rule, "scheme absent: this kernel has no per-page self-hosted marker")
         return
+    if not ctx.self_hosted_by_block():
+        yield NotChecked(rule, _NO_RANGES)
     for r in ctx.self_hosted_by_block().values():
         start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
@@ -340,6 +388,8 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
     # give vmemmap pages that type and PG_reserved together, whatever the
     # release does for hot-plugged memmap otherwise.
     vmemmap_type = any(m in f.markers for m in ("PGTY_vmemmap", "PG_vmemmap"))
+    if not ctx.self_hosted_by_block():
+        yield NotChecked(rule, _NO_RANGES)
     for r in ctx.self_hosted_by_block().values():
         start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
@@ -401,6 +451,56 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
             yield Holds(rule)
 
 
+def _bit(cols, bit: Optional[int]) -> np.ndarray:
+    if bit is None:
+        return np.zeros(len(cols.flags), bool)
+    return ((cols.flags >> np.uint64(bit)) & np.uint64(1)).astype(bool)
+
+
+def _tail(cols) -> np.ndarray:
+    """Compound tail pages: bit 0 of ``compound_head`` (``compound_info``
+    from 7.1) is set on every tail, HVO's shared tails included."""
+    return (cols.compound_head & np.uint64(1)).astype(bool)
+
+
+def _compound(cols, head_bit: Optional[int]) -> np.ndarray:
+    return _tail(cols) | _bit(cols, head_bit)
+
+
+def _owner_priv_alias(cols, swapbacked: Optional[int], head_bit: Optional[int],
+                      slab_bit: Optional[int], page_offset: Optional[int],
+                      typed: np.ndarray) -> np.ndarray:
+    """
+    Pages on which ``PG_owner_priv_1`` may be another alias than
+    ``PG_vmemmap_self_hosted``, by each alias's page-flag policy in
+    include/linux/page-flags.h (the same from 5.13 to 7.2; KERNEL-NOTES §13):
+
+    * ``PG_swapcache`` (``PF_NO_TAIL`` / ``FOLIO_HEAD_PAGE``, and only with
+      ``PG_swapbacked``): a head or small page that is swap-backed;
+    * ``PG_checked`` (``PF_NO_COMPOUND``; the folio API sets it on page 0):
+      a head or small page-cache page, whose ``mapping`` is an
+      ``address_space`` pointer: a kernel address (at or above PAGE_OFFSET,
+      so never a poison such as ``TAIL_MAPPING``) with the low two bits
+      clear, on a page without a page type and not a slab page (whose
+      ``mapping`` slot is ``slab_cache`` or ``slab_list``);
+    * Xen's ``PG_pinned`` / ``PG_foreign`` / ``PG_xen_remapped``
+      (``PF_NO_COMPOUND``): page tables, reported as a warning by the caller.
+
+    ``PG_vmemmap_self_hosted`` is ``PF_ANY``: on a compound tail page none of
+    the aliases can be set, so the bit there is always the marker.
+    """
+    not_tail = ~_tail(cols)
+    alias = np.zeros(len(cols.flags), bool)
+    if swapbacked is not None:
+        alias |= not_tail & _bit(cols, swapbacked)
+    mapping = cols.mapping
+    pointer = (mapping != 0) & ((mapping & np.uint64(3)) == 0)
+    if page_offset is not None:
+        pointer &= mapping >= np.uint64(page_offset)
+    alias |= not_tail & pointer & ~typed & ~_bit(cols, slab_bit)
+    return alias
+
+
 def marker_stray(ctx) -> Iterator[Result]:
     """A self-hosted marker outside the self-hosted ranges."""
     rule = "marker-stray"
@@ -410,6 +510,9 @@ def marker_stray(ctx) -> Iterator[Result]:
         yield NotChecked(rule, "scheme absent: this kernel has no per-page self-hosted marker")
         return
     swapbacked = f.page_flags.get("PG_swapbacked")
+    head_bit = f.page_flags.get("PG_head")
+    slab_bit = f.page_flags.get("PG_slab")  # a flag before 6.8, a page type after
+    page_offset = ctx.page_offset()
     inside = ctx.self_hosted_mask_fn()
 
     def stray_runs(start: int, end: int, cols) -> List[Tuple[int, int, str, bool]]:
@@ -422,16 +525,11 @@ def marker_stray(ctx) -> Iterator[Result]:
             if not stray.any():
                 continue
             if name == "PG_vmemmap_self_hosted":
-                # PG_owner_priv_1 aliases: PG_swapcache (with PG_swapbacked),
-                # PG_checked (filesystems, file mappings), Xen's PG_pinned
-                # (page tables).
-                alias = np.zeros_like(stray)
-                if swapbacked is not None:
-                    alias |= ((cols.flags >> np.uint64(swapbacked)) & np.uint64(1)).astype(bool)
-                file_mapped = (cols.mapping != 0) & ((cols.mapping & np.uint64(3)) == 0)
-                alias |= file_mapped
-                stray &= ~alias
-                maybe = stray & ctx.type_is(cols, "table")
+                stray &= ~_owner_priv_alias(cols, swapbacked, head_bit, slab_bit, page_offset,
+                                            ctx.has_type(cols))
+                # Xen's PG_pinned marks page tables, which are never
+                # compound: a warning, not an error.
+                maybe = stray & ctx.type_is(cols, "table") & ~_compound(cols, head_bit)
             else:
                 maybe = np.zeros_like(stray)
             out += [(s, e, name, False) for s, e in runs(stray & ~maybe, start)]

@@ -200,3 +200,61 @@ def test_api_defaults():
     first = self_hosted_ranges(prog)[0]
     d = explain_pfn(prog, first.start_pfn)
     assert d["self_hosted_range"]["block"] == first.block
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cross_hosting_notes_name_kernel_zone_hosts(name, reports):
+    """A cross-hosting note is about ordinary frames of another hot-plugged
+    block in a kernel zone, as the guest's sysfs saw it (valid_zones of an
+    online block is its zone); never a movable, offline or boot block."""
+    blocks = {b["id"]: b for b in MANIFESTS[name]["truth"]["blocks"]}
+    for n in reports(name).notes:
+        assert n.rule == "cross-hosted"
+        host = int(n.message.split("hot-pluggable block ")[1].split()[0])
+        b = blocks[host]
+        assert b["hotplugged"] and b["state"] == "online" and b["valid_zones"] != ["Movable"], n
+        assert host != n.block
+
+
+def test_memmap_on_memory_off_is_clean_with_notes(reports):
+    """The distribution default with HVO (6.12-mom-off): nothing self-hosted,
+    no violation, and the memmap the kernel allocated in the first (Normal)
+    DIMM for the DIMM added after it is a note, not an error."""
+    name = "6.12-mom-off"
+    assert MANIFESTS[name]["truth"]["memmap_on_memory"] in ("N", "0")
+    report = reports(name)
+    assert not report.ranges and not report.violations and exit_status(report) == 0
+    dimm0 = [b["id"] for b in MANIFESTS[name]["truth"]["blocks"] if b.get("dimm") == "dimm0"]
+    dimm1 = [b["id"] for b in MANIFESTS[name]["truth"]["blocks"] if b.get("dimm") == "dimm1"]
+    assert any(n.block in dimm1 and f"block {dimm0[0]} " in n.message for n in report.notes)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not MANIFESTS[n].get("faults")])
+def test_every_kernel_marked_page_explained(name, reports):
+    """The kernel's own word on PG_owner_priv_1 (/proc/kpageflags
+    KPF_OWNER_PRIVATE, read in the guest before the dump) against the
+    checker's findings, for every pfn of every block of a clean fixture:
+    every marked pfn of an online block lies in the vmemmap area the checker
+    found from the page tables (none of these guests has swap or a
+    filesystem using PG_checked, so no alias explains any other), and every
+    pfn of such an area is marked.  Offline blocks: their memmap is stale
+    and kpageflags shows nothing; no online area may be claimed there."""
+    report = reports(name)
+    truth = MANIFESTS[name]["truth"]
+    areas = {r.block: (r.start_pfn, r.area_end_pfn) for r in report.ranges}
+    for b in truth["blocks"]:
+        kpf = truth["kpageflags"].get(str(b["id"]))
+        marked = set()
+        if kpf is not None:
+            for pfn, n, names in kpf:
+                if "owner_private" in names:
+                    marked.update(range(pfn, pfn + n))
+        assert len(marked) == b["owner_private_pages"] or kpf is None, b["id"]
+        if b["state"] != "online":
+            assert not marked, b["id"]
+            continue
+        area = set(range(*areas[b["id"]])) if b["id"] in areas else set()
+        if kpf is None:  # boot blocks: only the count was recorded
+            assert b["owner_private_pages"] == len(area) == 0, b["id"]
+            continue
+        assert marked == area, (b["id"], sorted(marked ^ area)[:8])

@@ -61,7 +61,8 @@ def test_optimized_means_remapped(name):
     assert optimized >= 8
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if MANIFESTS[n]["kernel"]["key"] != "6.1"])
+@pytest.mark.parametrize("name", [n for n in NAMES if MANIFESTS[n]["kernel"]["key"] != "6.1"
+                                  and MANIFESTS[n]["truth"]["self_hosted"]])
 def test_hvo_refused_on_self_hosted_blocks(name):
     """6.0+: the kernel itself refuses HVO where the memmap is self-hosted."""
     ctx = Context(fixture_program(name))
@@ -81,4 +82,24 @@ def test_no_hugetlb_kernel(name):
     report = check(fixture_program(name), rules=["hvo-self-hosted"])
     assert [n.reason for n in report.not_checked] == [
         "scheme absent: no HugeTLB vmemmap optimisation in this kernel"]
+    assert not report.violations
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if MANIFESTS[n]["truth"]["memmap_on_memory"]
+                                  in ("N", "0")])
+def test_hvo_applied_in_hotplugged_blocks_without_self_hosting(name):
+    """memmap_on_memory off: nothing is self-hosted, so the kernel optimises
+    the folios in hot-plugged blocks too, and puts their replacement vmemmap
+    pages in ordinary frames (some in hot-plugged blocks) that are neither
+    self-hosted nor a violation."""
+    ctx = Context(fixture_program(name))
+    hot = [(pfn, opt) for pfn, _, opt in ctx.hugetlb_folios()
+           if ctx.is_hotplugged(ctx.mm.blocks[ctx.block_id(pfn)])]
+    assert hot, "the scenario puts HugeTLB folios in hot-plugged blocks"
+    assert all(opt for _, opt in hot)
+    assert not ctx.self_hosted_by_block()
+    replacement = [e for e in ctx.extents() if e.aliased]
+    assert replacement and {e.kind for e in replacement} <= {"ordinary", "boot-allocated"}
+    assert any(ctx.hotplugged().get(e.host_block) for e in replacement)
+    report = check(fixture_program(name))
     assert not report.violations

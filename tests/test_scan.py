@@ -115,7 +115,10 @@ def test_kpageflags(name, record_property):
 
         mine = buddy_pages(cols)
         diff = (mine != truth("buddy")) & cols.readable
-        assert truth("buddy")[cols.readable].sum() > 0.5 * cols.nr_readable
+        # Not vacuous: most pages outside HugeTLB folios are free (a block
+        # the scenario filled with folios has few others).
+        huge = len(manifest["truth"].get("hugepage_heads", {}).get(str(b["id"]), [])) * 512
+        assert truth("buddy")[cols.readable].sum() > 0.5 * (cols.nr_readable - huge)
         assert diff.sum() <= BUDDY_CHURN * n, \
             f"block {b['id']}: buddy differs on {int(diff.sum())} pages: " \
             f"{runs(diff, cols.start_pfn)[:5]}"

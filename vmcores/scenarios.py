@@ -132,10 +132,12 @@ _FAULTS_PAGETABLES = [
                                       "expect": _expect("block-geometry", "$pfn",
                                                         "$pfn+32768")}),
     # Never-onlined block 37 (dimm3) gets its memmap from ordinary frames of
-    # online block 34, past that block's own vmemmap: a hot-pluggable block
-    # hosting another's memmap (cross-hosted's warning), and 37's altmap
+    # online ZONE_MOVABLE block 32, past that block's own vmemmap: memmap the
+    # kernel would never allocate there (GFP_KERNEL), unmovable, keeping 32
+    # from going offline (cross-hosted's warning; ordinary frames of a
+    # kernel-zone block would be a note: 6.12-mom-off), and 37's altmap
     # records frames its page tables no longer use.
-    ("fault", "pmd_remap", {"dimm": "dimm3", "block": 0, "target_dimm": "dimm1",
+    ("fault", "pmd_remap", {"dimm": "dimm3", "block": 0, "target_dimm": "dimm0",
                             "target_block": 0, "target_offset": 512,
                             "expect": [_expect("cross-hosted", "$pfn", "$pfn+32768",
                                                severity="warning"),
@@ -163,7 +165,8 @@ _PAGETABLES_STEPS.insert(_PAGETABLES_STEPS.index(("plug", "dimm2", 256, 1)) + 1,
 _add("pagetables", Scenario("6.12", _PAGETABLES_STEPS + _FAULTS_PAGETABLES, (
     "hotplug-basic, then faultmod.ko unmaps the vmemmap PMD of offline block 33, "
     "points offline block 36's at block 35's self-hosted frames, shifts block 34's "
-    "start_section_nr, points never-onlined block 37's at ordinary frames of block 34, "
+    "start_section_nr, points never-onlined block 37's at ordinary frames of movable "
+    "block 32, "
     "sets PG_owner_priv_1 on a user page table (Xen's PG_pinned alias), and remaps the "
     "vmemmap of a HugeTLB folio in online block 32 as HVO would (PMD split, 7 pages "
     "onto the first, HPG_vmemmap_optimized).  makedumpfile cannot filter a dump with unmapped vmemmap, so "
@@ -288,6 +291,36 @@ _add("faults", Scenario("6.12-force", _FORCE_BASIC + _FORCE_FAULTS, _FORCE_DOC +
     "; then faultmod.ko clears the marker on five padding pages, sets it on the two "
     "pages after the padding, adds a reference to a padding page and sets one block's "
     "altmap->free to 512."), mem_mb=512, cmdline="memory_hotplug.memmap_on_memory=force"))
+
+
+# memmap_on_memory off (the distribution default) with HVO: every memmap of
+# hot-added memory and every HVO replacement page comes from the page
+# allocator.  The boot memory (1 GiB, below 4 GiB) is all DMA32, so the first
+# DIMM onlined as kernel memory is node 1's only Normal zone, and GFP_KERNEL
+# allocations on node 1 land there: the memmap of the DIMMs added after it
+# (vmemmap_populate -> vmemmap_alloc_block) and the vmemmap pages HVO puts in
+# place of a folio's (vmemmap_remap_free -> alloc_pages_node), for folios in
+# the movable DIMM and in that Normal DIMM itself.  Nothing here is
+# self-hosted; a checker that takes "backed by frames of the block" for
+# self-hosting invents ranges in the Normal DIMM (issue 9's false positives).
+_MOM_OFF = [
+    ("plug", "dimm0", 256, 1),
+    ("online", "dimm0", "all", "online_kernel"),
+    ("plug", "dimm1", 128, 1),
+    ("online", "dimm1", "all", "online_movable"),
+    ("plug", "dimm2", 128, 0),
+    ("hugepages", 0, 8),
+    # Movable dimm1 first (GFP_HIGHUSER_MOVABLE), then Normal dimm0.
+    ("hugepages", 1, 120),
+]
+for _k in ("6.12", "7.2"):
+    _add("mom-off", Scenario(_k, list(_MOM_OFF), (
+        "memory_hotplug.memmap_on_memory=0 with HVO: a 256 MiB DIMM onlined as kernel "
+        "memory (node 1's only Normal zone), a 128 MiB DIMM onlined movable whose memmap "
+        "the kernel allocates in the first, a 128 MiB DIMM never onlined (node 0), and "
+        "HugeTLB pools that fill the movable DIMM and spill into the Normal one; HVO's "
+        "replacement vmemmap pages come from the Normal DIMM.  Nothing is self-hosted."),
+        cmdline="memory_hotplug.memmap_on_memory=0"))
 
 
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
