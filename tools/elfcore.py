@@ -30,8 +30,7 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from drgn import FaultError, Program
-
-from drgn_vmemmap.model import memory_map
+from drgn.helpers.linux.mmzone import for_each_present_section
 
 __all__ = ("Segment", "file_offset", "load_segments", "write_elf")
 
@@ -75,13 +74,20 @@ def write_elf(prog: Program, out: Union[str, Path], holes: bool = False) -> Tupl
     """
     out = Path(out)
     t = time.perf_counter()
-    mm = memory_map(prog)
-    f = mm.features
-    page = 1 << f.page_shift
-    per = f.pages_per_section
+    # Plain drgn only (no drgn_vmemmap): tools/mutate.py, whose oracle must
+    # share no code with the checker, writes its ELF copies with this.
+    page_shift = prog["PAGE_SHIFT"].value_()
+    page = 1 << page_shift
+    per = 1 << (prog["SECTION_SIZE_BITS"].value_() - page_shift)
+    present = []
+    try:
+        for nr, _ in for_each_present_section(prog):
+            present.append(nr)
+    except FaultError:  # a mem_section root the dump lacks: keep what was found
+        pass
     # Coalesce present sections into physical ranges.
     ranges: List[List[int]] = []
-    for nr in sorted(mm.sections):
+    for nr in sorted(present):
         if ranges and ranges[-1][1] == nr * per:
             ranges[-1][1] += per
         else:
