@@ -18,7 +18,7 @@ from drgn.helpers.linux.list import list_for_each_entry
 
 from . import backing as _backing
 from . import scan as _scan
-from .model import Block, MemoryMap, memory_map
+from .model import NOT_IN_DUMP, Block, MemoryMap, memory_map
 from .report import Note, NotChecked, Range, Report, Violation
 from .rules import RULES, state_name
 from .target import target_kind
@@ -50,6 +50,9 @@ class Context:
         self._scans: Dict[Tuple[int, int], object] = {}
         self._hot: Optional[Dict[int, bool]] = None
         self._page_offset: Optional[int] = None
+        self._folios: Optional[List[Tuple[int, int, bool]]] = None
+        #: Pool lists :meth:`hugetlb_folios` could not walk whole, and why.
+        self.hugetlb_problems: List[str] = []
 
     # --- geometry ------------------------------------------------------------
 
@@ -72,6 +75,23 @@ class Context:
             except (LookupError, ValueError, FaultError, NotImplementedError):
                 self._page_offset = -1
         return None if self._page_offset < 0 else self._page_offset
+
+    def swap_possible(self) -> bool:
+        """Whether any page can be in the swap cache: the kernel has swap
+        (``total_swap_pages`` is a macro 0 without CONFIG_SWAP) and a swap
+        area was ever enabled (``nr_swapfiles``) or is now."""
+        prog = self.prog
+        try:
+            total = prog["total_swap_pages"].value_()
+        except (KeyError, LookupError):
+            return False
+        except FaultError:
+            return True
+        try:
+            files = prog["nr_swapfiles"].value_()
+        except (KeyError, LookupError, FaultError):
+            files = 1
+        return total > 0 or files > 0
 
     def hotplugged(self) -> Dict[int, bool]:
         """Block id -> hot-plugged (present sections, none of them early)."""
@@ -204,7 +224,9 @@ class Context:
         plan: List[Tuple[int, int, Optional[str]]] = []
         for s in secs:
             b = self.mm.blocks.get(self.block_id(s.start_pfn))
-            if b is not None and b.state != "MEM_ONLINE":
+            if b is not None and b.error:
+                plan.append((s.start_pfn, s.end_pfn, f"block {b.id}: {b.error}"))
+            elif b is not None and b.state != "MEM_ONLINE":
                 plan.append((s.start_pfn, s.end_pfn, f"block {b.id} is {state_name(b.state)}: "
                              "its memmap is uninitialised or stale"))
             elif not s.has("IS_ONLINE"):
@@ -235,29 +257,55 @@ class Context:
 
     # --- HugeTLB -------------------------------------------------------------
 
-    def hugetlb_folios(self) -> Optional[List[Tuple[int, int, bool]]]:
-        """(head pfn, pages, HPG_vmemmap_optimized) of every pooled HugeTLB folio."""
+    def hugetlb_folios(self) -> List[Tuple[int, int, bool]]:
+        """
+        (head pfn, pages, HPG_vmemmap_optimized) of every pooled HugeTLB
+        folio.  Each pool list (an hstate's active list, each node's free
+        list) is walked on its own, at most as far as the hstate counts
+        folios: a list that a filtered dump cuts or that loops (corruption)
+        loses only itself, and says so in :attr:`hugetlb_problems`.
+        """
+        if self._folios is not None:
+            return self._folios
         prog = self.prog
         f = self.features
+        out: List[Tuple[int, int, bool]] = []
+        self.hugetlb_problems = []
+        self._folios = out
         try:
             hstates = prog["hstates"]
             n = prog["hugetlb_max_hstate"].value_()
         except (KeyError, LookupError):
-            return []
-        out = []
-        try:
-            for h in hstates[:n]:
+            return out
+        except FaultError as e:
+            self.hugetlb_problems.append(f"HugeTLB pools not readable: {e}")
+            return out
+        for i in range(n):
+            h = hstates[i]
+            try:
                 nr_pages = 1 << h.order.value_()
-                heads = [h.hugepage_activelist.address_of_()]
-                heads += [l.address_of_() for l in h.hugepage_freelists]
-                for head in heads:
+                limit = h.nr_huge_pages.value_()
+                lists = [("active", h.hugepage_activelist.address_of_())]
+                lists += [(f"free list of node {nid}", l.address_of_())
+                          for nid, l in enumerate(h.hugepage_freelists)]
+            except FaultError as e:
+                self.hugetlb_problems.append(f"hstate {i} not readable: {e}")
+                continue
+            for what, head in lists:
+                seen = set()
+                try:
                     for page in list_for_each_entry("struct page", head, "lru"):
                         addr = page.value_()
+                        if addr in seen or len(seen) >= limit:
+                            raise ValueError("loops or holds more folios than the pool "
+                                             f"counts ({limit})")
+                        seen.add(addr)
                         pfn = (addr - f.vmemmap_base) // f.layout.size
                         optimized = bool(page.private.value_() >> f.hpg_vmemmap_optimized & 1)
                         out.append((pfn, nr_pages, optimized))
-        except FaultError:
-            return None
+                except (FaultError, ValueError) as e:
+                    self.hugetlb_problems.append(f"hstate {i} {what}: {e} "
+                                                 f"(after {len(seen)} folios)")
         return out
 
 
@@ -366,7 +414,9 @@ def _blocks_json(ctx: Context, violations: List[Violation],
             "recorded_vmemmap_pages": b.vmemmap_pages,
             "self_hosted_pages": r.frames if r else 0,
             "verdict": "error" if b.id in bad else "warning" if b.id in warn
-            else "not checked (live race)" if b.id in raced else "ok",
+            else "not checked (live race)" if b.id in raced
+            else "not checked (not in the dump)" if b.error and b.error.startswith(NOT_IN_DUMP)
+            else "not checked (unreadable)" if b.error else "ok",
         })
     return out
 

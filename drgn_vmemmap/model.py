@@ -7,13 +7,14 @@ memory-block helpers.  Reading a block or section that a filtered dump lacks
 does not raise: the record says so.
 """
 
-from typing import Dict, Iterator, List, NamedTuple, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from drgn import FaultError, Object, ObjectNotFoundError, Program
+from drgn import FaultError, Object, ObjectNotFoundError, Program, sizeof
 from drgn.helpers.common.prog import takes_program_or_default
 from drgn.helpers.linux.mm import (
     decode_memory_block_state_value,
     for_each_memory_block,
+    virt_to_phys,
 )
 from drgn.helpers.linux.mmzone import for_each_present_section
 
@@ -24,6 +25,7 @@ __all__ = (
     "Block",
     "MemoryMap",
     "Section",
+    "NOT_IN_DUMP",
     "memory_map",
 )
 
@@ -126,10 +128,12 @@ def _zone_name(zone: Object) -> Optional[str]:
         return "?"
 
 
-def read_block(prog: Program, mem: Object, f: Features) -> Block:
-    """Build a :class:`Block` from a ``struct memory_block *``."""
+def read_block(prog: Program, mem: Object, f: Features, index: Optional[int] = None) -> Block:
+    """Build a :class:`Block` from a ``struct memory_block *``; ``index`` is
+    its key in the ``memory_blocks`` xarray, its id when the structure
+    itself cannot be read."""
     address = mem.value_()
-    bid = -1
+    bid = -1 if index is None else index
     try:
         bid = mem.dev.id.value_()
         start_nr = mem.start_section_nr.value_()
@@ -164,8 +168,25 @@ def read_block(prog: Program, mem: Object, f: Features) -> Block:
                      f.pages_per_block, vmemmap_pages, altmap, None)
     except (FaultError, KeyError, ValueError) as e:
         start_pfn = bid * f.pages_per_block if bid >= 0 else 0
+        # Missing from a filtered dump when the fault is on the structure
+        # itself; a fault through one of its pointers is damage.
+        missing = isinstance(e, FaultError) and _on_struct(prog, e, address,
+                                                           sizeof(mem.type_.type))
         return Block(bid, address, "?", None, None, None, start_pfn, f.pages_per_block,
-                     None, None, f"memory_block at {address:#x}: {e}")
+                     None, None, (f"{NOT_IN_DUMP}: " if missing else "")
+                     + f"memory_block at {address:#x}: {e}")
+
+
+def _on_struct(prog: Program, e: FaultError, address: int, size: int) -> bool:
+    """Whether fault ``e`` is on the structure at ``address`` itself (drgn
+    reports a virtual or, for ELF and kdump segments, a physical address)."""
+    if address <= e.address < address + size:
+        return True
+    try:
+        pa = virt_to_phys(Object(prog, "void *", address)).value_()
+    except Exception:  # not a direct-map address: then it is not the struct
+        return False
+    return pa <= e.address < pa + size
 
 
 @takes_program_or_default
@@ -198,13 +219,77 @@ def memory_map(prog: Program, vmemmap_page_type: Optional[int] = None) -> Memory
 
     blocks: Dict[int, Block] = {}
     try:
-        for mem in for_each_memory_block(prog):
-            b = read_block(prog, mem, f)
+        for index, mem in _memory_blocks(prog):
+            b = read_block(prog, mem, f, index)
             if b.error:
                 errors.append(b.error)
             blocks[b.id] = b
     except FaultError as e:
-        errors.append(f"memory block list: {e}")
+        # A page of the list is missing from a filtered dump.  One page must
+        # not lose every block: look up each block the sections imply on its
+        # own, so that only those under the missing page go.
+        _blocks_one_by_one(prog, f, sections, blocks, errors, e)
     except ObjectNotFoundError:
         errors.append("this kernel has no memory blocks (CONFIG_MEMORY_HOTPLUG is off)")
     return MemoryMap(f, sections, blocks, errors)
+
+
+def _memory_blocks(prog: Program) -> Iterator[Tuple[Optional[int], Object]]:
+    """``(id, struct memory_block *)`` of every block: from the
+    ``memory_blocks`` xarray, node by node (a missing node loses the blocks
+    under it, where drgn's for_each_memory_block() walks the bus's device
+    list, which one missing ``memory_block`` cuts), or that list on kernels
+    before the xarray."""
+    from drgn.helpers.linux.xarray import xa_for_each
+
+    try:
+        xa = prog["memory_blocks"].address_of_()
+    except (KeyError, LookupError):
+        for mem in for_each_memory_block(prog):
+            yield None, mem
+        return
+    t = prog.type("struct memory_block *")
+    for index, entry in xa_for_each(xa):
+        yield index, Object(prog, t, entry.value_())
+
+
+#: Block.error of a block whose ``struct memory_block`` (or the xarray node
+#: leading to it) a filtered dump lacks.  Rules report such blocks as not
+#: checked, never as violations.
+NOT_IN_DUMP = "not in the dump"
+
+
+def _blocks_one_by_one(prog: Program, f: Features, sections: Dict[int, "Section"],
+                       blocks: Dict[int, Block], errors: List[str], why: FaultError) -> None:
+    """
+    Look up every memory block that the present sections imply, one
+    ``xa_load()`` each (Linux kernel commit 3fcebf90209a ("drivers/base/memory:
+    use xarray to store memory blocks") (in v5.8)).  A block whose xarray
+    node or ``struct memory_block`` is missing keeps its geometry (from its id
+    and ``memory_block_size``) and says why in ``error``.
+    """
+    from drgn.helpers.linux.xarray import xa_load
+
+    try:
+        xa = prog["memory_blocks"].address_of_()
+    except (KeyError, LookupError):
+        errors.append(f"memory block list: {why}")
+        return
+    missing = 0
+    for bid in sorted({nr // f.sections_per_block for nr in sections} - set(blocks)):
+        start_pfn = bid * f.pages_per_block
+        try:
+            entry = xa_load(xa, bid)
+            if not entry:
+                continue  # no block there: block-geometry's to say
+            b = read_block(prog, Object(prog, "struct memory_block *", entry.value_()), f, bid)
+        except FaultError as e:
+            b = Block(bid, 0, "?", None, None, None, start_pfn, f.pages_per_block, None, None,
+                      f"{NOT_IN_DUMP}: memory_blocks xarray node ({e})")
+        if b.error and not b.error.startswith(NOT_IN_DUMP):
+            b = b._replace(error=f"{NOT_IN_DUMP}: {b.error}")
+        if b.error:
+            missing += 1
+        blocks[b.id] = b
+    errors.append(f"memory block list: {why}; looked up block by block instead: "
+                  f"{missing} block(s) not in the dump")

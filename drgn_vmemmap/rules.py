@@ -96,6 +96,7 @@ def section_state(ctx) -> Iterator[Result]:
     mm = ctx.mm
     for b in mm.blocks.values():
         if b.error:
+            yield NotChecked(rule, f"block {b.id}: {b.error}", b.start_pfn, b.end_pfn)
             continue
         if b.state not in ("MEM_ONLINE", "MEM_OFFLINE"):
             yield NotChecked(rule, f"block {b.id} is {state_name(b.state)} (transient)",
@@ -139,7 +140,10 @@ def early_self_hosted(ctx) -> Iterator[Result]:
         yield NotChecked(rule, "this kernel's memory blocks record no vmemmap pages")
         return
     for b in mm.blocks.values():
-        if b.error or b.vmemmap_pages is None:
+        if b.error:
+            yield NotChecked(rule, f"block {b.id}: {b.error}", b.start_pfn, b.end_pfn)
+            continue
+        if b.vmemmap_pages is None:
             continue
         tainted = [(s, [n for n in _EARLY_FLAGS if s.has(n)]) for s in mm.block_sections(b)]
         tainted = [(s, names) for s, names in tainted if names]
@@ -165,6 +169,9 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
         yield NotChecked(rule, "this kernel's memory blocks record no vmemmap pages")
         return
     for b in mm.blocks.values():
+        if b.error and ctx.is_hotplugged(b):
+            yield NotChecked(rule, f"block {b.id}: {b.error}", b.start_pfn, b.end_pfn)
+            continue
         if b.error or b.vmemmap_pages is None or not ctx.is_hotplugged(b):
             continue
         if ctx.backing_unreadable(b):
@@ -342,6 +349,14 @@ _NO_RANGES = ("no self-hosted vmemmap: no block hosts its own memmap (memmap_on_
               "off, or no block was added with it)")
 
 
+def _not_online(ctx, r) -> str:
+    """Why the struct pages of range ``r``'s block are not checked."""
+    b = ctx.mm.blocks.get(r.block)
+    if b is not None and b.error:
+        return f"block {r.block}: {b.error}"
+    return f"block {r.block} is {r.state}: its memmap is uninitialised"
+
+
 def vmemmap_unmarked(ctx) -> Iterator[Result]:
     rule = "vmemmap-unmarked"
     page_markers = [m for m in ctx.features.markers if not m.startswith("SECTION_")]
@@ -353,8 +368,7 @@ def vmemmap_unmarked(ctx) -> Iterator[Result]:
     for r in ctx.self_hosted_by_block().values():
         start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
-            yield NotChecked(rule, f"block {r.block} is {r.state}: its memmap is uninitialised",
-                             start, end)
+            yield NotChecked(rule, _not_online(ctx, r), start, end)
             continue
         cols = ctx.scan(start, end)
         readable = cols.readable
@@ -393,8 +407,7 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
     for r in ctx.self_hosted_by_block().values():
         start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
-            yield NotChecked(rule, f"block {r.block} is {r.state}: its memmap is uninitialised",
-                             start, end)
+            yield NotChecked(rule, _not_online(ctx, r), start, end)
             continue
         cols = ctx.scan(start, end)
         ok = cols.readable & (cols.flags != np.uint64(0xFFFFFFFFFFFFFFFF))
@@ -416,6 +429,11 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
                 if head_bit is not None else False),
              lambda i: "compound"),
         ]
+        slab_bit = f.page_flags.get("PG_slab")  # a page flag before 6.8, a type after
+        if slab_bit is not None:
+            checks.append(("not a slab page", ((cols.flags >> np.uint64(slab_bit))
+                                               & np.uint64(1)).astype(bool),
+                           lambda i: "PG_slab"))
         if lru_bit is not None:
             checks.append(("not on an LRU", ((cols.flags >> np.uint64(lru_bit)) & np.uint64(1))
                            .astype(bool), lambda i: "PG_lru"))
@@ -476,7 +494,8 @@ def _owner_priv_alias(cols, swapbacked: Optional[int], head_bit: Optional[int],
     include/linux/page-flags.h (the same from 5.13 to 7.2; KERNEL-NOTES §13):
 
     * ``PG_swapcache`` (``PF_NO_TAIL`` / ``FOLIO_HEAD_PAGE``, and only with
-      ``PG_swapbacked``): a head or small page that is swap-backed;
+      ``PG_swapbacked``): a head or small page that is swap-backed, on a
+      kernel that has swap (the caller passes ``swapbacked=None`` otherwise);
     * ``PG_checked`` (``PF_NO_COMPOUND``; the folio API sets it on page 0):
       a head or small page-cache page, whose ``mapping`` is an
       ``address_space`` pointer: a kernel address (at or above PAGE_OFFSET,
@@ -509,7 +528,9 @@ def marker_stray(ctx) -> Iterator[Result]:
             m in f.markers for m in ("PGTY_vmemmap", "PG_vmemmap")):
         yield NotChecked(rule, "scheme absent: this kernel has no per-page self-hosted marker")
         return
-    swapbacked = f.page_flags.get("PG_swapbacked")
+    # PG_swapcache needs swap: on a kernel without it, or that never had a
+    # swap area, the bit is never that alias.
+    swapbacked = f.page_flags.get("PG_swapbacked") if ctx.swap_possible() else None
     head_bit = f.page_flags.get("PG_head")
     slab_bit = f.page_flags.get("PG_slab")  # a flag before 6.8, a page type after
     page_offset = ctx.page_offset()
@@ -613,9 +634,10 @@ def hvo_self_hosted(ctx) -> Iterator[Result]:
         yield NotChecked(rule, "scheme absent: no HugeTLB vmemmap optimisation in this kernel")
         return
     folios = ctx.hugetlb_folios()
-    if folios is None:
-        yield NotChecked(rule, "HugeTLB pools not readable")
-        return
+    for problem in ctx.hugetlb_problems:
+        # The folios of a pool list that could not be walked (a page the
+        # dump lacks, a corrupted link): the others are still checked.
+        yield NotChecked(rule, problem)
     hosted = ctx.self_hosted_by_block()
     exclusive = "PG_vmemmap_self_hosted" not in f.markers
     bad = 0

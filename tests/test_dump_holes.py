@@ -1,0 +1,111 @@
+"""Pages missing from a filtered dump cost only what lies on them.
+
+A real fixture is copied to ELF (tools/elfcore.py), then one physical page is
+taken out of the copy (tools/dumpedit.py), the way makedumpfile leaves out a
+page it filters: the page that holds a ``struct memory_block``, the xarray
+node that indexes them, or a self-hosted memmap frame.  What lies on that
+page comes from plain drgn; the checker must report exactly those
+structures as not checked (not in the dump) or unreadable, and nothing else
+may change: no violation, the same ranges, every other block still "ok".
+"""
+
+from pathlib import Path
+
+import pytest
+from drgn.helpers.linux.mm import for_each_memory_block, virt_to_phys
+
+from conftest import fixture_program, manifest_of, vmlinux_for
+from drgn_vmemmap import check
+from drgn_vmemmap.report import exit_status
+from drgn_vmemmap.target import open_target
+from tools.dumpedit import exclude_pages
+from tools.elfcore import write_elf
+
+NAME = "6.12-hotplug-basic"
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def elf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("holes") / "copy.elf"
+    write_elf(fixture_program(NAME), path, holes=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(elf):
+    return check(open_target(vmcore=str(elf), symbols=[str(vmlinux_for(manifest_of(NAME)))]))
+
+
+def _check_without(elf: Path, paddrs, tmp_path):
+    out = tmp_path / "holed.elf"
+    assert exclude_pages(elf, out, paddrs) == len({p // PAGE for p in paddrs})
+    prog = open_target(vmcore=str(out), symbols=[str(vmlinux_for(manifest_of(NAME)))])
+    return check(prog)
+
+
+def _geometry(report):
+    """The ranges as the page tables give them (state, node and zone come
+    from the block, which may be what went missing)."""
+    return [(r.block, r.start_pfn, r.nr_pages, r.reserved_pages, r.holes) for r in report.ranges]
+
+
+def _verdicts(report):
+    return {b["block"]: b["verdict"] for b in report.blocks}
+
+
+def test_baseline_copy_checks_like_the_fixture(baseline):
+    assert not baseline.violations and exit_status(baseline) == 0
+    assert set(_verdicts(baseline).values()) == {"ok"}
+
+
+def test_one_memory_block_page_missing(elf, baseline, tmp_path):
+    """The slab page holding block 34's struct memory_block (and whichever
+    other blocks share it) is gone: those blocks are not checked, the rest
+    is as before."""
+    prog = fixture_program(NAME)
+    where = {mem.dev.id.value_(): virt_to_phys(mem).value_() for mem in for_each_memory_block(prog)}
+    page = where[34] - where[34] % PAGE
+    lost = {bid for bid, pa in where.items() if pa - pa % PAGE == page}
+    report = _check_without(elf, [page], tmp_path)
+    assert not report.violations and exit_status(report) == 0
+    assert _geometry(report) == _geometry(baseline)  # the page tables still say where memmap is
+    verdicts = _verdicts(report)
+    assert {b for b, v in verdicts.items() if v != "ok"} == lost
+    assert all(verdicts[b] == "not checked (not in the dump)" for b in lost)
+    assert any("not in the dump" in n.reason and n.pfn_start == 34 * 32768
+               for n in report.not_checked)
+
+
+def test_memory_blocks_xarray_node_missing(elf, baseline, tmp_path):
+    """The xarray node that indexes every block is gone: no block can be
+    read, yet no hot-plugged section is blamed for belonging to no block."""
+    prog = fixture_program(NAME)
+    head = prog["memory_blocks"].xa_head.value_()
+    assert head & 3 == 2, "memory_blocks has an internal node at its head"
+    node = head - 2
+    report = _check_without(elf, [_phys(prog, node)], tmp_path)
+    assert not report.violations and exit_status(report) == 0
+    assert _geometry(report) == _geometry(baseline)
+    assert set(_verdicts(report).values()) == {"not checked (not in the dump)"}
+    assert any("looked up block by block" in n.reason for n in report.not_checked)
+
+
+def test_one_self_hosted_frame_missing(elf, baseline, tmp_path):
+    """A self-hosted memmap frame of online block 34 is gone: the 64 struct
+    pages on it are unreadable and not checked; nothing is a violation."""
+    frame = 34 * 32768 + 3
+    report = _check_without(elf, [frame * PAGE], tmp_path)
+    assert not report.violations and exit_status(report) == 0
+    assert _geometry(report) == _geometry(baseline)
+    # Frame 3 of the block's memmap holds the struct pages of pfns
+    # [start + 3 * 64, start + 4 * 64).
+    described = [34 * 32768 + 3 * 64, 34 * 32768 + 4 * 64]
+    assert described in report.unreadable
+    assert any(n.rule == "vmemmap-unmarked" and n.pfn_start is not None
+               and n.pfn_start <= described[0] < n.pfn_end for n in report.not_checked)
+
+
+def _phys(prog, addr: int) -> int:
+    from drgn import Object
+    return virt_to_phys(Object(prog, "void *", addr)).value_()
