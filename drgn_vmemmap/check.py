@@ -18,10 +18,11 @@ from drgn.helpers.linux.list import list_for_each_entry
 
 from . import backing as _backing
 from . import scan as _scan
+from .damage import CAUSE, DamagedBlock, damaged_blocks
 from .model import NOT_IN_DUMP, Block, MemoryMap, memory_map
 from .report import Note, NotChecked, Range, Report, Violation
 from .rules import RULES, state_name
-from .target import target_kind
+from .target import TargetError, target_kind
 
 __all__ = ("Context", "check", "self_hosted_ranges", "vmemmap_area_pages")
 
@@ -39,6 +40,12 @@ class Context:
         self.jobs_used = 1
         self.mm: MemoryMap = memory_map(prog, vmemmap_page_type)
         self.features = self.mm.features
+        #: Online blocks whose memmap in the dump is not struct pages
+        #: (:mod:`~drgn_vmemmap.damage`); no rule reads their memmap.  Live
+        #: kernels are not checked.
+        self.damaged: List[DamagedBlock] = [] if target_kind(prog) != "vmcore" \
+            else damaged_blocks(prog, self.mm)
+        self.damaged_ids = {d.block for d in self.damaged}
         self.progress = progress
         self.pages_scanned = 0
         self.unreadable: List[List[int]] = []
@@ -64,6 +71,9 @@ class Context:
 
     def is_hotplugged(self, b: Block) -> bool:
         return self.hotplugged().get(b.id, False)
+
+    def damage_reason(self, bid: int) -> str:
+        return f"dump damaged: block {bid}'s memmap in the dump is not struct pages"
 
     def page_offset(self) -> Optional[int]:
         """The direct map's base (``PAGE_OFFSET``): every ``address_space``
@@ -226,6 +236,8 @@ class Context:
             b = self.mm.blocks.get(self.block_id(s.start_pfn))
             if b is not None and b.error:
                 plan.append((s.start_pfn, s.end_pfn, f"block {b.id}: {b.error}"))
+            elif b is not None and b.id in self.damaged_ids:
+                plan.append((s.start_pfn, s.end_pfn, self.damage_reason(b.id)))
             elif b is not None and b.state != "MEM_ONLINE":
                 plan.append((s.start_pfn, s.end_pfn, f"block {b.id} is {state_name(b.state)}: "
                              "its memmap is uninitialised or stale"))
@@ -415,6 +427,7 @@ def _blocks_json(ctx: Context, violations: List[Violation],
             "self_hosted_pages": r.frames if r else 0,
             "verdict": "error" if b.id in bad else "warning" if b.id in warn
             else "not checked (live race)" if b.id in raced
+            else "not checked (dump damaged)" if b.id in ctx.damaged_ids
             else "not checked (not in the dump)" if b.error and b.error.startswith(NOT_IN_DUMP)
             else "not checked (unreadable)" if b.error else "ok",
         })
@@ -573,6 +586,10 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
         results = _race(results, _changed_blocks(snapshots), ctx.features.pages_per_block,
                         (e0, e1))
     violations, not_checked, holds, notes = results
+    if ctx.damaged and len(ctx.damaged) == sum(b.state == "MEM_ONLINE" and not b.error
+                                                for b in ctx.mm.blocks.values()):
+        raise TargetError(f"dump damaged: the memmap of every online block ({len(ctx.damaged)}) "
+                          f"is not struct pages; {CAUSE}")
     violations.sort(key=lambda v: (v.rule, v.pfn_start))
     unreadable = sorted({(s, e) for s, e in ctx.unreadable})
     stats = {"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
@@ -592,4 +609,5 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
         blocks=_blocks_json(ctx, violations,
                             _changed_blocks(snapshots) if raced else ()),
         notes=sorted(notes, key=lambda n: (n.rule, n.pfn_start)),
+        damaged=[d._asdict() for d in ctx.damaged],
     )

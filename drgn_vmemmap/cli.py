@@ -14,6 +14,11 @@ examples:
   drgn-vmemmap triage /var/crash -j 4 > results.jsonl
 
 exit status: 0 consistent, 1 violations found, 2 cannot analyse.
+  A dump whose memmap was overwritten before it was taken (a capture kernel
+  that onlined hot-plugged memory) lists those blocks under "dump damaged"
+  and checks the rest: 0 unless the rest has violations; 2 when no online
+  block's memmap is left.  Pages missing from a filtered dump are "not
+  checked", never violations.
 """
 
 import argparse

@@ -106,6 +106,10 @@ class Report(NamedTuple):
     stats: Dict[str, Any]
     blocks: List[Dict[str, Any]]
     notes: List[Note] = []
+    #: Blocks whose memmap in the dump is not struct pages (damage to the
+    #: dump, not a kernel finding): ``{"block", "pfn_start", "pfn_end",
+    #: "sampled", "implausible", "example_flags", "cause"}``.
+    damaged: List[Dict[str, Any]] = []
 
     def errors(self) -> List[Violation]:
         return [v for v in self.violations if v.severity == "error"]
@@ -119,6 +123,7 @@ class Report(NamedTuple):
             "violations": [v._asdict() for v in self.violations],
             "not_checked": [n._asdict() for n in self.not_checked],
             "notes": [n._asdict() for n in self.notes],
+            "damaged": self.damaged,
             "unreadable": self.unreadable,
             "holds": self.holds,
             "blocks": self.blocks,
@@ -152,6 +157,17 @@ def _pfns(start: Optional[int], end: Optional[int]) -> str:
     if end is None or end == start + 1:
         return f"{start:#x}"
     return f"{start:#x}-{end - 1:#x} ({end - start})"
+
+
+def _ids(ids: List[int]) -> str:
+    """[32, 33, 34, 36] -> '32-34, 36'."""
+    out: List[List[int]] = []
+    for i in sorted(ids):
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
 
 
 def render_table(report: Report) -> str:
@@ -201,6 +217,15 @@ def render_table(report: Report) -> str:
             seen[(n.rule, n.reason)] = seen.get((n.rule, n.reason), 0) + 1
         for (rule, reason), count in sorted(seen.items()):
             lines.append(f"  {rule}: {reason}" + (f" ({count} ranges)" if count > 1 else ""))
+    if report.damaged:
+        ids = [d["block"] for d in report.damaged]
+        lines += ["", f"dump damaged: the memmap of block(s) {_ids(ids)} in the dump is not "
+                      "struct pages (not checked; not a kernel finding)"]
+        lines.append(tabulate([[d["block"], _pfns(d["pfn_start"], d["pfn_end"]),
+                                f"{d['implausible']}/{d['sampled']}",
+                                f"{d['example_flags']:#018x}"] for d in report.damaged],
+                              headers=["block", "pfns", "not struct pages", "e.g. flags"]))
+        lines.append(f"likely cause: {report.damaged[0]['cause']}")
     if report.notes:
         lines += ["", "notes:"]
         lines += [f"  {n.rule}: {n.message}" for n in report.notes]
@@ -211,7 +236,9 @@ def render_table(report: Report) -> str:
     s = report.stats
     nerr = len(report.errors())
     nwarn = len(report.violations) - nerr
-    lines += ["", f"{'CONSISTENT' if not nerr else 'VIOLATIONS'}: {nerr} error(s), "
+    verdict = "VIOLATIONS" if nerr else "DUMP DAMAGED, rest consistent" if report.damaged \
+        else "CONSISTENT"
+    lines += ["", f"{verdict}: {nerr} error(s), "
                   f"{nwarn} warning(s); {s.get('sections')} sections, {s.get('blocks')} "
                   f"blocks, {s.get('pages_scanned')} struct pages scanned in "
                   f"{s.get('seconds', 0):.2f} s"]

@@ -370,6 +370,9 @@ def vmemmap_unmarked(ctx) -> Iterator[Result]:
         if r.state != "online":
             yield NotChecked(rule, _not_online(ctx, r), start, end)
             continue
+        if r.block in ctx.damaged_ids:
+            yield NotChecked(rule, ctx.damage_reason(r.block), start, end)
+            continue
         cols = ctx.scan(start, end)
         readable = cols.readable
         if not readable.all():
@@ -408,6 +411,9 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
         start, end = r.start_pfn, r.area_end_pfn
         if r.state != "online":
             yield NotChecked(rule, _not_online(ctx, r), start, end)
+            continue
+        if r.block in ctx.damaged_ids:
+            yield NotChecked(rule, ctx.damage_reason(r.block), start, end)
             continue
         cols = ctx.scan(start, end)
         ok = cols.readable & (cols.flags != np.uint64(0xFFFFFFFFFFFFFFFF))
@@ -642,6 +648,8 @@ def hvo_self_hosted(ctx) -> Iterator[Result]:
     exclusive = "PG_vmemmap_self_hosted" not in f.markers
     bad = 0
     for pfn, nr_pages, optimized in folios:
+        if ctx.block_id(pfn) in ctx.damaged_ids:
+            continue  # its struct pages are junk in this dump (not checked there)
         remapped = any(e.aliased for e in ctx.extents_overlapping(pfn, pfn + nr_pages))
         if not optimized and not remapped:
             continue

@@ -26,7 +26,7 @@ Check many dumps in parallel: ``drgn-vmemmap triage PATH... [-j N]
    :func:`analyse`: :func:`~drgn_vmemmap.target.open_target` and
    :func:`~drgn_vmemmap.check.check`), printing one JSON line per dump on
    stdout as each finishes: the check document plus ``path``, ``status``
-   (``ok``, ``violations``, ``error``), ``exit_status``, ``vmlinux``,
+   (``ok``, ``violations``, ``damaged``, ``error``), ``exit_status``, ``vmlinux``,
    ``pairing`` and ``seconds``; a dump that cannot be analysed gives
    ``{"path", "status": "error", "error": one line, "exit_status": 2, ...}``
    and does not stop the others.  A worker process that dies (a crash in
@@ -448,7 +448,11 @@ def analyse(job: Dict[str, Any]) -> Dict[str, Any]:
                            symbols=[job["vmlinux"]] if job.get("vmlinux") else [])
         report = check(prog, vmemmap_page_type=job.get("vmemmap_page_type"))
         status = exit_status(report)
-        head.update(status="violations" if status else "ok", exit_status=status)
+        # Damage to the dump (memmap that is not struct pages) is the dump's
+        # fault, not the kernel's: a status of its own, exit status 0 unless
+        # the rest of the dump has violations (which then win).
+        head.update(status="violations" if status else "damaged" if report.damaged else "ok",
+                    exit_status=status)
         body = report.to_json()
     except Exception as e:  # one line, as the CLI would print it
         head.update(status="error", exit_status=2, error=describe(e))
@@ -585,10 +589,14 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> str:
                      doc.get("seconds")])
     n_err = sum(1 for d in results if d.get("status") == "error")
     n_bad = sum(1 for d in results if d.get("status") == "violations")
+    n_dmg = sum(1 for d in results if d.get("status") == "damaged")
     table = tabulate(rows, headers=["path", "release", "status", "errors", "warnings",
                                     "seconds"], floatfmt=".2f", missingval="-")
-    text = (f"{table}\n\n{len(results)} dump(s): {len(results) - n_err - n_bad} consistent, "
-            f"{n_bad} with violations, {n_err} not analysed")
+    text = (f"{table}\n\n{len(results)} dump(s): "
+            f"{len(results) - n_err - n_bad - n_dmg} consistent, {n_bad} with violations, "
+            + (f"{n_dmg} damaged (memmap overwritten before the dump: see each dump's "
+               "'damaged'), " if n_dmg else "")
+            + f"{n_err} not analysed")
     if failures:
         text += ":\n" + "\n".join(failures)
     return text

@@ -109,3 +109,71 @@ def test_one_self_hosted_frame_missing(elf, baseline, tmp_path):
 def _phys(prog, addr: int) -> int:
     from drgn import Object
     return virt_to_phys(Object(prog, "void *", addr)).value_()
+
+
+def _overwrite(src: Path, dst: Path, paddr: int, data: bytes) -> None:
+    """Write ``data`` at physical ``paddr`` of ELF core ``dst`` (a copy of ``src``)."""
+    import shutil
+
+    from tools.elfcore import file_offset, load_segments
+    shutil.copyfile(src, dst)
+    segs = load_segments(dst)
+    with open(dst, "r+b") as f:
+        for i in range(0, len(data), PAGE):
+            off = file_offset(segs, paddr + i, PAGE)
+            assert off is not None, hex(paddr + i)
+            f.seek(off)
+            f.write(data[i:i + PAGE])
+
+
+def test_overwritten_memmap_is_dump_damage(elf, baseline, tmp_path):
+    """A capture kernel that onlined block 34 wrote over its memmap (here:
+    random bytes over the block's 512 self-hosted memmap frames).  The
+    block's memmap is reported as dump damage with its likely cause; no
+    rule reads it, nothing is a violation, every other block is as before."""
+    import random
+
+    from drgn_vmemmap.report import render_table
+    rng = random.Random(15)
+    start = 34 * 32768
+    out = tmp_path / "damaged.elf"
+    _overwrite(elf, out, start * PAGE, bytes(rng.getrandbits(8) for _ in range(512 * PAGE)))
+    report = check(open_target(vmcore=str(out), symbols=[str(vmlinux_for(manifest_of(NAME)))]))
+    assert [d["block"] for d in report.damaged] == [34]
+    d = report.damaged[0]
+    assert d["implausible"] > 0.9 * d["sampled"] and "acpi_no_memhotplug" in d["cause"]
+    assert not report.violations and exit_status(report) == 0
+    verdicts = _verdicts(report)
+    assert verdicts.pop(34) == "not checked (dump damaged)"
+    assert set(verdicts.values()) == {"ok"}
+    assert _geometry(report) == _geometry(baseline)
+    text = render_table(report)
+    assert "dump damaged: the memmap of block(s) 34 in the dump is not struct pages" in text
+    assert "DUMP DAMAGED, rest consistent" in text
+
+
+def test_triage_counts_damaged_dumps_apart(elf, tmp_path):
+    """triage files a damaged dump under a status of its own, 'damaged',
+    counts it apart from violations, and exits 0 when nothing else is wrong."""
+    import json
+    import random
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES, KERNELS, REPO
+    rng = random.Random(16)
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    _overwrite(elf, dumps / "damaged.vmcore", 34 * 32768 * PAGE,
+               bytes(rng.getrandbits(8) for _ in range(512 * PAGE)))
+    (dumps / "clean.vmcore").symlink_to(FIXTURES / manifest_of(NAME)["dump"]["file"])
+    proc = subprocess.run([sys.executable, "-m", "drgn_vmemmap.cli", "triage", "-j", "2",
+                           str(dumps), "--debug-directory", str(KERNELS / "6.12")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    docs = {Path(d["path"]).name: d for d in map(json.loads, proc.stdout.splitlines())}
+    assert docs["damaged.vmcore"]["status"] == "damaged"
+    assert [d["block"] for d in docs["damaged.vmcore"]["damaged"]] == [34]
+    assert docs["clean.vmcore"]["status"] == "ok"
+    assert "2 dump(s): 1 consistent, 0 with violations, 1 damaged" in proc.stderr
