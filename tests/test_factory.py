@@ -63,7 +63,7 @@ def test_rebuild_6_12_hotplug_basic(tmp_path):
     old = open_target(vmcore=str(ROOT / "vmcores/fixtures/6.12-hotplug-basic.vmcore"),
                       symbols=[str(ROOT / "vmcores/kernels/6.12/vmlinux.xz")])
     old_report = check(old)
-    verdicts = lambda r: [(b.block, b.state, b.verdict) for b in r.blocks]
+    verdicts = lambda r: [(b["block"], b["state"], b["verdict"]) for b in r.blocks]
     assert verdicts(report) == verdicts(old_report)
 
 
