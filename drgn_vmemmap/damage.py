@@ -16,8 +16,11 @@ Every online block's memmap is sampled (one ``struct page`` in
 sample is plausible when what the kernel wrote into it at initialisation
 (``__init_single_page()``: ``set_page_links()``) still holds:
 
-* the node field of ``page->flags`` is the block's node;
-* the zone field is the block's zone;
+* the node and zone fields of ``page->flags`` name a zone whose span
+  (``zone_start_pfn``, ``spanned_pages`` of that node's ``node_zones``)
+  holds the pfn.  The memory block's own record (``nid``, ``zone``) is not
+  used: it may be what is corrupted, and that is a rule's finding
+  (vmemmap-page-state), not damage to the dump;
 * ``page_type`` / ``_mapcount`` is a value the kernel uses: -1 (no type),
   a small mapcount, or a page-type encoding (``PGTY_*`` in the top byte on
   6.12+, a cleared bit under ``PAGE_TYPE_BASE`` before).
@@ -30,7 +33,7 @@ are not checked (nothing was overwritten), nor are kernels whose flags keep
 neither node nor zone.
 """
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from drgn import FaultError, Program
 
@@ -69,6 +72,25 @@ def _type_ok(v: int, scheme: str, types: Dict[str, int]) -> bool:
     return v >= 0xF0000000  # inverted: a type bit cleared under PAGE_TYPE_BASE
 
 
+def _zone_spans(prog: Program, f) -> Optional[Dict[Tuple[int, int], Tuple[int, int]]]:
+    """``(nid, zone index) -> (first pfn, end pfn)`` of every populated zone."""
+    from drgn.helpers.linux.nodemask import for_each_online_node
+
+    spans: Dict[Tuple[int, int], Tuple[int, int]] = {}
+    try:
+        for nid in for_each_online_node(prog):
+            pgdat = prog["node_data"][nid]
+            for z in range(len(f.zone_names)):
+                zone = pgdat.node_zones[z]
+                n = zone.spanned_pages.value_()
+                if n:
+                    start = zone.zone_start_pfn.value_()
+                    spans[(nid, z)] = (start, start + n)
+    except (KeyError, LookupError, FaultError):
+        return None
+    return spans
+
+
 def damaged_blocks(prog: Program, mm: MemoryMap) -> List[DamagedBlock]:
     """The online blocks whose memmap in the dump is not struct pages."""
     f = mm.features
@@ -79,11 +101,13 @@ def damaged_blocks(prog: Program, mm: MemoryMap) -> List[DamagedBlock]:
     flags_off = f.layout.flags
     type_off = f.layout.mapcount  # page_type shares the word
     types = f.page_types
+    spans = _zone_spans(prog, f)
+    if not spans:
+        return []
     out = []
     for b in sorted(mm.blocks.values(), key=lambda b: b.id):
         if b.error or b.state != "MEM_ONLINE":
             continue
-        zone: Optional[int] = f.zone_names.index(b.zone) if b.zone in f.zone_names else None
         sampled = bad = 0
         example = 0
         for pfn in range(b.start_pfn, b.end_pfn, STRIDE):
@@ -96,11 +120,8 @@ def damaged_blocks(prog: Program, mm: MemoryMap) -> List[DamagedBlock]:
             if flags == 0xFFFFFFFFFFFFFFFF:
                 continue  # poisoned: the rules' finding
             sampled += 1
-            ok = True
-            if f.nodes_shift and b.nid is not None and b.nid >= 0:
-                ok &= f.page_node(flags) == b.nid
-            if f.zones_shift and zone is not None:
-                ok &= f.page_zone(flags) == zone
+            span = spans.get((f.page_node(flags), f.page_zone(flags)))
+            ok = span is not None and span[0] <= pfn < span[1]
             v = int.from_bytes(raw[type_off:type_off + 4], "little")
             ok &= _type_ok(v, types.scheme, types.types)
             if not ok:
