@@ -45,6 +45,15 @@ def manifests() -> Dict[str, Dict[str, Any]]:
     return out
 
 
+def capture_overwrote(manifest: Dict[str, Any]) -> set:
+    """Hot-plugged blocks a kdump capture kernel onlined (and used) before
+    it wrote the dump: their memory, the crashed kernel's self-hosted memmap
+    included, is the capture kernel's, not what the guest's kpageflags saw
+    (vmcores/kdump.py; tests/test_kdump.py checks such dumps)."""
+    hot = {b["id"] for b in manifest["truth"]["blocks"] if b.get("hotplugged")}
+    return hot & set(manifest.get("dump", {}).get("capture_onlined_blocks", ()))
+
+
 def manifest_of(name: str) -> Dict[str, Any]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 

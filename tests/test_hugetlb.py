@@ -8,7 +8,7 @@ in the page tables), and one without the mark must not.
 
 import pytest
 
-from conftest import fixture_program, kernel_config, manifests
+from conftest import capture_overwrote, fixture_program, kernel_config, manifests
 from drgn_vmemmap import check
 from drgn_vmemmap.check import Context
 
@@ -20,7 +20,9 @@ def has_hugetlb(name):
     return kernel_config(MANIFESTS[name], "HUGETLBFS") == "y"
 
 
-NAMES = sorted(n for n in MANIFESTS if has_hugetlb(n))
+#: With HugeTLB, and pools as the guest saw them (a damaged kdump's capture
+#: kernel wrote over the folios' struct pages: tests/test_kdump.py).
+NAMES = sorted(n for n in MANIFESTS if has_hugetlb(n) and not capture_overwrote(MANIFESTS[n]))
 WITHOUT = sorted(n for n in MANIFESTS if not has_hugetlb(n))
 
 

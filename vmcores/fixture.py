@@ -269,9 +269,19 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
     if any(s[0] == "fault" for s in scenario.steps):
         from .faults import build_module
         extra.append(build_module(scenario.kernel, committed_kernel))
-    initramfs = build_initramfs(work / "initramfs.cpio.gz", extra)
+    files = dict(files)
+    kd = scenario.kdump
+    kfiles = {}
+    if kd:
+        from . import kdump
+        capture = kdump.capture_initramfs(work / "capture.cpio.gz", kd["level"],
+                                          kd.get("fill_mb", 0))
+        kfiles = kdump.first_kernel_files(files["bzImage"], capture)
+    initramfs = build_initramfs(work / "initramfs.cpio.gz", extra, files=kfiles)
     t0 = time.monotonic()
     cmdline = f"{CMDLINE} {scenario.cmdline}".strip()
+    if kd:
+        cmdline += f" crashkernel={kd['crashkernel']}"
     with Guest(files["bzImage"], initramfs, work, cmdline=cmdline,
                mem_mb=scenario.mem_mb) as g:
         r = Runner(name, scenario, g, truth.block_size(g))
@@ -298,10 +308,19 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
                        "patches": list(kernel.spec(scenario.kernel).patches)},
             "steps": r.log,
         }
+        if kd:
+            append = kdump.load_capture(g, kd["capture_cmdline"])
         manifest["truth"] = clean_truth or collect_truth(r, scenario.kernel)
         manifest["faults"] = r.faults
         flat = work / "dump.flat"
-        g.dump(flat)
+        if kd:
+            # The truth above was read just before the crash; the capture
+            # kernel's own account goes with the dump.
+            capture_info = kdump.crash_and_capture(g, append, flat)
+        else:
+            g.dump(flat)
+    if kd:
+        return _finish_kdump(name, scenario, manifest, flat, out_dir, capture_info, t0)
     raw = work / "dump.raw"
     with open(flat, "rb") as f:
         subprocess.run(["makedumpfile", "-R", str(raw)], stdin=f, check=True,
@@ -353,6 +372,28 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
         xz_dump(out_dir, name, manifest)
     (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     log(f"{name}: {manifest['dump']['bytes'] / 1e6:.1f} MB at -d {level}")
+    return out_dir / manifest["dump"]["file"]
+
+
+def _finish_kdump(name: str, scenario: Scenario, manifest: Dict[str, Any], flat: Path,
+                  out_dir: Path, capture: Dict[str, Any], t0: float) -> Path:
+    """The capture kernel's makedumpfile output is the fixture as it is: no
+    fallback to another level, no readability check (what -d 31 drops is
+    what the fixture is for)."""
+    from . import kdump
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f"{name}.vmcore.partial"
+    kdump.rebuild(flat, partial)
+    flat.unlink()
+    manifest["dump"] = {"file": f"{name}.vmcore", "format": "kdump-compressed (zlib)",
+                        "written_by": "makedumpfile -F -c in the capture kernel (kexec -p)",
+                        "makedumpfile_level": scenario.kdump["level"],
+                        "bytes": partial.stat().st_size,
+                        "guest_seconds": round(time.monotonic() - t0, 1), **capture}
+    partial.rename(out_dir / f"{name}.vmcore")
+    (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    log(f"{name}: {manifest['dump']['bytes'] / 1e6:.1f} MB at -d {scenario.kdump['level']} "
+        "from the capture kernel")
     return out_dir / manifest["dump"]["file"]
 
 

@@ -38,6 +38,9 @@ while true; do
   # read.  head runs in a child; the host sends one line and then waits.
   line=$(head -n 1 <&3)
   [ -n "$line" ] || { sleep 0.1; continue; }
+  # PID 1 exits: "Attempted to kill init!", a panic, and crash_kexec() into
+  # a capture kernel loaded with kexec -p (vmcores/kdump.py).
+  [ "$line" = "@@CRASH" ] && exit 1
   ( eval "$line" ) > /tmp/out 2>&1 < /dev/null
   rc=$?
   cat /tmp/out >&3
@@ -46,8 +49,10 @@ done
 """
 
 
-def build_initramfs(dest: Path, extra: Sequence[Path] = (), init: str = INIT) -> Path:
-    """Write a gzip'd newc cpio with static busybox, ``init`` and ``extra`` files in /lib."""
+def build_initramfs(dest: Path, extra: Sequence[Path] = (), init: str = INIT,
+                    files: Optional[Dict[str, Path]] = None) -> Path:
+    """Write a gzip'd newc cpio with static busybox, ``init``, ``extra`` files
+    in /lib and ``files`` (``{path inside: host file}``)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "lib", "mnt"):
@@ -57,6 +62,9 @@ def build_initramfs(dest: Path, extra: Sequence[Path] = (), init: str = INIT) ->
         (root / "init").chmod(0o755)
         for f in extra:
             shutil.copy(f, root / "lib" / Path(f).name)
+        for inside, src in (files or {}).items():
+            (root / inside).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / inside)
         names = subprocess.run(["find", ".", "-print0"], cwd=root, check=True,
                                capture_output=True).stdout
         cpio = subprocess.run(["cpio", "--null", "-o", "-H", "newc", "--quiet",
@@ -188,11 +196,16 @@ class Guest:
                     raise RuntimeError("guest command channel never appeared")
                 time.sleep(0.1)
         self.chan.settimeout(timeout)
-        self._buf = b""
+        self._buf = bytearray()
         self._read_until(b"@@READY\n", deadline)
 
     def _read_until(self, marker: bytes, deadline: float) -> bytes:
-        while marker not in self._buf:
+        # Search only what arrived since the last look (a dump streamed over
+        # the serial port comes in many small pieces: rescanning the whole
+        # buffer each time is quadratic).
+        seen = 0
+        while self._buf.find(marker, seen) < 0:
+            seen = max(0, len(self._buf) - len(marker) + 1)
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"guest died; console tail:\n{self.console_tail()}")
             self.chan.settimeout(max(0.1, deadline - time.monotonic()))
@@ -203,8 +216,9 @@ class Guest:
             if not data:
                 raise RuntimeError("guest channel closed")
             self._buf += data
-        out, _, self._buf = self._buf.partition(marker)
-        return out
+        out, _, rest = self._buf.partition(marker)
+        self._buf = bytearray(rest)
+        return bytes(out)
 
     def console_tail(self, n: int = 30) -> str:
         try:

@@ -13,7 +13,7 @@ action.  ``fixture.py`` runs them.
 """
 
 import re
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 
 class UnknownScenario(LookupError):
@@ -32,6 +32,11 @@ class Scenario(NamedTuple):
     #: Keep the filtered dump's pages uncompressed and xz the file (the
     #: tool reads .vmcore.xz): about half of zlib's size, for the budget.
     xz: bool = False
+    #: Dump through the kernel's own kdump path instead of QEMU
+    #: (vmcores/kdump.py): ``{"level": makedumpfile -d, "capture_cmdline":
+    #: appended to Debian's, "fill_mb": memory the capture userspace takes,
+    #: "crashkernel": the reservation}``.
+    kdump: Optional[Dict[str, Any]] = None
 
 
 # The guest boots with 1 GiB over two NUMA nodes and these parameters.
@@ -321,6 +326,35 @@ for _k in ("6.12", "7.2"):
         "HugeTLB pools that fill the movable DIMM and spill into the Normal one; HVO's "
         "replacement vmemmap pages come from the Normal DIMM.  Nothing is self-hosted."),
         cmdline="memory_hotplug.memmap_on_memory=0"))
+
+
+# The kernel's own crash-dump path (vmcores/kdump.py): hotplug-basic's DIMMs
+# and pools, then kexec -p, a panic, and makedumpfile -F -c -d 31 in the
+# capture kernel, as Debian's kdump-tools runs it.
+#  - kdump: the capture kernel boots with acpi_no_memhotplug (what RHEL's
+#    kdump appends): it never sees the DIMMs; the dump is whole, with the
+#    holes -d 31 makes.
+#  - kdump-damaged: Debian's capture command line alone, plus
+#    memhp_default_state=online (what Debian's MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO
+#    build default does): the capture kernel finds the DIMMs in ACPI, onlines
+#    them and uses them (256 MiB of tmpfs, standing in for a distribution's
+#    capture userspace) before makedumpfile reads /proc/vmcore: the crashed
+#    kernel's memmap there is overwritten.
+for _k in ("6.1", "6.12"):
+    _add("kdump", Scenario(_k, list(_BASIC), (
+        "hotplug-basic, then the kernel's own kdump path: kexec -p, a panic, and "
+        "makedumpfile -F -c -d 31 on /proc/vmcore in a capture kernel booted with "
+        "Debian's kdump command line plus acpi_no_memhotplug."),
+        kdump={"level": 31, "capture_cmdline": "acpi_no_memhotplug", "fill_mb": 0,
+               "crashkernel": "192M"}))
+_add("kdump-damaged", Scenario("6.12", list(_BASIC), (
+    "hotplug-basic, then kdump with Debian's capture command line and "
+    "memhp_default_state=online (no acpi_no_memhotplug): the capture kernel onlines "
+    "the DIMMs and fills 256 MiB of tmpfs before makedumpfile -d 31 runs, writing "
+    "over the crashed kernel's memmap in them.  The dump is damaged; the kernel "
+    "was consistent."),
+    kdump={"level": 31, "capture_cmdline": "memhp_default_state=online", "fill_mb": 256,
+           "crashkernel": "192M"}))
 
 
 def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
