@@ -594,7 +594,12 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     unreadable = sorted({(s, e) for s, e in ctx.unreadable})
     stats = {"sections": len(ctx.mm.sections), "blocks": len(ctx.mm.blocks),
              "pages_scanned": ctx.pages_scanned, "jobs": ctx.jobs_used,
-             "seconds": round(time.monotonic() - t0, 3)}
+             "seconds": round(time.monotonic() - t0, 3),
+             # What a filtered dump may lack, and what it did lack.
+             "dump_level": prog.cache.get("drgn_vmemmap.dump_level"),
+             "unreadable_pfns": sum(e - s for s, e in unreadable),
+             "blocks_not_in_dump": sum(1 for b in ctx.mm.blocks.values()
+                                       if b.error and b.error.startswith(NOT_IN_DUMP))}
     if live:
         stats["live_retries"] = attempt
     return Report(

@@ -229,10 +229,16 @@ def render_table(report: Report) -> str:
     if report.notes:
         lines += ["", "notes:"]
         lines += [f"  {n.rule}: {n.message}" for n in report.notes]
-    if report.unreadable:
+    st = report.stats
+    level = st.get("dump_level")
+    if report.unreadable or st.get("blocks_not_in_dump"):
         total = sum(e - s for s, e in report.unreadable)
         lines += ["", f"unreadable: {total} struct pages missing from the dump in "
-                      f"{len(report.unreadable)} range(s) (not counted as violations)"]
+                      f"{len(report.unreadable)} range(s)"
+                      + (f", {st['blocks_not_in_dump']} memory block(s) not in the dump"
+                         if st.get("blocks_not_in_dump") else "")
+                      + (f" (makedumpfile -d {level})" if level is not None else "")
+                      + "; not counted as violations"]
     s = report.stats
     nerr = len(report.errors())
     nwarn = len(report.violations) - nerr

@@ -71,6 +71,30 @@ def _check_kernel(prog: drgn.Program, what: str) -> None:
         raise TargetError(f"{what}: not a Linux kernel core dump (a user-space core?)")
 
 
+def dump_level(path: str) -> Optional[int]:
+    """makedumpfile's ``-d`` level of a kdump-compressed dump, from its
+    ``kdump_sub_header`` (the block after ``disk_dump_header``, whose
+    ``block_size`` is at byte 428 on 64-bit); None for ELF and other dumps.
+    It says what a filtered dump may lack: 1 zero pages, 2 and 4 page
+    cache, 8 user pages, 16 free pages."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(440)
+            if not head.startswith((b"KDUMP   ", b"DISKDUMP")) or len(head) < 440:
+                return None
+            version, = struct.unpack_from("<i", head, 8)
+            block, = struct.unpack_from("<i", head, 428)
+            if version < 1 or not 0 < block <= 1 << 20:
+                return None
+            f.seek(block + 8)
+            level, = struct.unpack("<i", f.read(4))
+            return level if 0 <= level <= 31 else None
+    except (OSError, struct.error):
+        return None
+
+
 def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
                 symbols: Sequence[str] = (), default_debug_info: bool = True
                 ) -> drgn.Program:
@@ -95,7 +119,9 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
         try:
             # A dump shipped as .xz (as the tests' unfilterable fixtures are)
             # is decompressed once into the cache, like vmlinux.xz.
-            prog.set_core_dump(decompressed(vmcore))
+            path = decompressed(vmcore)
+            prog.set_core_dump(path)
+            prog.cache["drgn_vmemmap.dump_level"] = dump_level(path)
         except TargetError:
             raise
         except Exception as e:  # OSError, ValueError, drgn's BadDataError, ...

@@ -258,3 +258,12 @@ def test_every_kernel_marked_page_explained(name, reports):
             assert b["owner_private_pages"] == len(area) == 0, b["id"]
             continue
         assert marked == area, (b["id"], sorted(marked ^ area)[:8])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dump_level_from_the_kdump_header(name, reports):
+    """The report says what the dump may lack: makedumpfile's -d level,
+    read from the dump's kdump_sub_header, is the one the factory used."""
+    stats = reports(name).stats
+    assert stats["dump_level"] == MANIFESTS[name]["dump"]["makedumpfile_level"]
+    assert stats["unreadable_pfns"] == sum(e - s for s, e in reports(name).unreadable)
