@@ -11,13 +11,15 @@ reads as before.  Tests use it to take one ``struct memory_block``, one
 page-table page or one memmap frame out of a real dump and check that only
 the structures on that page are lost.
 
-Plain Python: it reads and writes ELF headers only.
+It reads and writes ELF headers only (tools/elfcore.py parses them).
 """
 
 import shutil
 import struct
 from pathlib import Path
 from typing import Iterable, List, Tuple, Union
+
+from tools.elfcore import program_headers
 
 PT_LOAD = 1
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -33,13 +35,7 @@ def exclude_pages(src: Union[str, Path], dst: Union[str, Path], paddrs: Iterable
     shutil.copyfile(src, dst)
     pages = sorted({p - p % page_size for p in paddrs})
     with open(dst, "r+b") as f:
-        ehdr = f.read(64)
-        if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
-            raise ValueError(f"{src}: not a 64-bit little-endian ELF file")
-        phoff, = struct.unpack_from("<Q", ehdr, 32)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
-        f.seek(phoff)
-        raw = f.read(phentsize * phnum)
+        phentsize, phnum, raw = program_headers(f, src)
         out: List[Tuple[int, ...]] = []
         removed = 0
         for i in range(phnum):

@@ -153,16 +153,23 @@ def write_elf(prog: Program, out: Union[str, Path], holes: bool = False) -> Tupl
     return total, time.perf_counter() - t
 
 
+def program_headers(fp, path: Union[str, Path] = "") -> Tuple[int, int, bytes]:
+    """``(e_phentsize, e_phnum, the program header table)`` of the 64-bit
+    little-endian ELF file open as ``fp``."""
+    fp.seek(0)
+    ehdr = fp.read(64)
+    if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+        raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
+    phoff, = struct.unpack_from("<Q", ehdr, 32)
+    phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
+    fp.seek(phoff)
+    return phentsize, phnum, fp.read(phentsize * phnum)
+
+
 def load_segments(path: Union[str, Path]) -> List[Segment]:
     """The ``PT_LOAD`` segments of a 64-bit little-endian ELF file, by paddr."""
     with open(path, "rb") as fp:
-        ehdr = fp.read(64)
-        if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
-            raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
-        phoff, = struct.unpack_from("<Q", ehdr, 32)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
-        fp.seek(phoff)
-        table = fp.read(phentsize * phnum)
+        phentsize, phnum, table = program_headers(fp, path)
     out = []
     for i in range(phnum):
         p_type, _, offset, vaddr, paddr, filesz = struct.unpack_from(

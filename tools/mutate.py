@@ -366,25 +366,23 @@ class Driver:
                 except (OSError, subprocess.TimeoutExpired):
                     self.proc.kill()
                     self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-            self.proc = None
-            self._log.close()
+            self._reap()
 
     def _kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()  # our own child, by its pid
             self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-            self.proc = None
-            self._log.close()
+            self._reap()
+
+    def _reap(self) -> None:
+        """Close the exited worker's pipes and log."""
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.proc = None
+        self._log.close()
 
     def _recv(self, timeout: float) -> Dict[str, Any]:
         assert self.proc is not None
