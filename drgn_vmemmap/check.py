@@ -573,6 +573,10 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     for attempt in range(1 + (LIVE_RETRIES if live else 0)):
         e0 = _hotplug_epoch(prog) if live else _Epoch(None, False)
         ctx = Context(prog, vmemmap_page_type, progress, jobs)
+        if not ctx.mm.sections:
+            why = next((e for e in ctx.mm.errors if e.startswith("mem_section")),
+                       "no present section")
+            raise TargetError(f"no memory section could be read, nothing to check ({why})")
         results = _run_rules(ctx, rules)
         if not live:
             break

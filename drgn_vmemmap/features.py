@@ -117,6 +117,19 @@ class Features(NamedTuple):
         return self.pages_per_section * self.sections_per_block
 
 
+def _vmemmap_base(prog: Program) -> int:
+    """The ``struct page`` array's base.  drgn's ``vmemmap`` object may read
+    it through the first ``mem_section`` root, which a filtered dump can
+    lack; x86-64 also keeps it in ``vmemmap_base`` (KASLR)."""
+    try:
+        return prog["vmemmap"].value_()
+    except FaultError:
+        try:
+            return prog["vmemmap_base"].value_()
+        except (KeyError, LookupError):
+            raise
+
+
 def _enumerators(prog: Program, type_name: str) -> Dict[str, int]:
     try:
         t = prog.type(type_name)
@@ -386,7 +399,7 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         section_size_bits=prog["SECTION_SIZE_BITS"].value_(),
         sections_per_block=prog["sections_per_block"].value_(),
         hpg_vmemmap_optimized=hpg,
-        vmemmap_base=prog["vmemmap"].value_(),
+        vmemmap_base=_vmemmap_base(prog),
         nodes_shift=nodes_shift,
         zones_shift=zones_shift,
         zone_names=zone_names,

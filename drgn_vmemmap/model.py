@@ -9,7 +9,7 @@ does not raise: the record says so.
 
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from drgn import FaultError, Object, ObjectNotFoundError, Program, sizeof
+from drgn import FaultError, Object, ObjectNotFoundError, Program, TypeKind, sizeof
 from drgn.helpers.common.prog import takes_program_or_default
 from drgn.helpers.linux.mm import (
     decode_memory_block_state_value,
@@ -177,6 +177,47 @@ def read_block(prog: Program, mem: Object, f: Features, index: Optional[int] = N
                      + f"memory_block at {address:#x}: {e}")
 
 
+def _sections_root_by_root(prog: Program, f: Features, sections: Dict[int, "Section"],
+                           add, errors: List[str], why: FaultError) -> List[range]:
+    """
+    The present sections of every ``mem_section`` root that can be read
+    (``SPARSEMEM_EXTREME``: ``SECTIONS_PER_ROOT`` sections a page, roots
+    allocated as needed).  A root whose page is missing from the dump loses
+    its sections, and says so; the others are walked as usual.  Returns the
+    section numbers lost.
+    """
+    try:
+        per_root = prog["SECTIONS_PER_ROOT"].value_()
+        nr_sections = 1 << (prog["MAX_PHYSMEM_BITS"].value_() - f.section_size_bits)
+        present = f.section_flags.masks["MARKED_PRESENT"]
+        mem_section = prog["mem_section"]
+        t = mem_section.type_.unaliased()
+        if t.kind == TypeKind.POINTER:
+            mem_section = mem_section.read_()
+        extreme = t.type.unaliased_kind() == TypeKind.POINTER
+    except (KeyError, LookupError, FaultError) as e:
+        errors.append(f"mem_section: {why}; cannot walk it root by root: {e}")
+        return [range(0, 1 << 62)]
+    lost = []
+    for r in range(-(-nr_sections // per_root)):
+        try:
+            root = mem_section[r].read_() if extreme else mem_section[r]
+            if extreme and not root:
+                continue
+            for i in range(per_root):
+                ms = root[i]
+                if ms.section_mem_map.value_() & present:
+                    nr = r * per_root + i
+                    if nr not in sections:
+                        add(nr, ms.address_of_())
+        except FaultError:
+            lost.append(r)
+    errors.append(f"mem_section: {why}; walked root by root instead: "
+                  + (f"roots {lost} ({per_root} sections each) not in the dump"
+                     if lost else "every root read"))
+    return [range(r * per_root, (r + 1) * per_root) for r in lost]
+
+
 def _on_struct(prog: Program, e: FaultError, address: int, size: int) -> bool:
     """Whether fault ``e`` is on the structure at ``address`` itself (drgn
     reports a virtual or, for ELF and kdump segments, a physical address)."""
@@ -203,19 +244,26 @@ def memory_map(prog: Program, vmemmap_page_type: Optional[int] = None) -> Memory
     errors: List[str] = []
 
     sections: Dict[int, Section] = {}
+
+    def add(nr: int, ms: Object) -> None:
+        try:
+            value = ms.section_mem_map.value_()
+        except FaultError as e:
+            errors.append(f"section {nr}: {e}")
+            return
+        flags = value & ~map_mask & 0xFFFFFFFFFFFFFFFF
+        sections[nr] = Section(nr, ms.value_(), nr * pages_per_section,
+                               pages_per_section, flags, value & map_mask,
+                               _flag_names(flags, masks))
+
+    lost: List[range] = []  # section numbers whose mem_section the dump lacks
     try:
         for nr, ms in for_each_present_section(prog):
-            try:
-                value = ms.section_mem_map.value_()
-            except FaultError as e:
-                errors.append(f"section {nr}: {e}")
-                continue
-            flags = value & ~map_mask & 0xFFFFFFFFFFFFFFFF
-            sections[nr] = Section(nr, ms.value_(), nr * pages_per_section,
-                                   pages_per_section, flags, value & map_mask,
-                                   _flag_names(flags, masks))
+            add(nr, ms)
     except FaultError as e:
-        errors.append(f"mem_section: {e}")
+        # A mem_section root page the dump lacks: walk root by root, so that
+        # only the sections on it are lost.
+        lost = _sections_root_by_root(prog, f, sections, add, errors, e)
 
     blocks: Dict[int, Block] = {}
     try:
@@ -231,6 +279,14 @@ def memory_map(prog: Program, vmemmap_page_type: Optional[int] = None) -> Memory
         _blocks_one_by_one(prog, f, sections, blocks, errors, e)
     except ObjectNotFoundError:
         errors.append("this kernel has no memory blocks (CONFIG_MEMORY_HOTPLUG is off)")
+    if lost:
+        # Blocks whose sections are unknown are not checked, never blamed
+        # for sections that seem absent.
+        spb = f.sections_per_block
+        for bid, b in list(blocks.items()):
+            if not b.error and any(bid * spb in r or (bid + 1) * spb - 1 in r for r in lost):
+                blocks[bid] = b._replace(error=f"{NOT_IN_DUMP}: the mem_section root of "
+                                         "its sections")
     return MemoryMap(f, sections, blocks, errors)
 
 

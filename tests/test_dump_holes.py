@@ -200,3 +200,24 @@ def test_vmemmap_page_table_page_missing(elf, baseline, tmp_path):
     assert any("page tables" in r and "missing from the dump" in r for r in reasons), reasons
     # The blocks' records were read; only what needs the page tables is lost.
     assert all(v != "error" for v in _verdicts(report).values())
+
+
+def test_mem_section_root_missing_cannot_analyse(elf, tmp_path):
+    """The mem_section root that holds every section of this small guest is
+    gone: nothing is left to check, which is 'cannot analyse' (exit 2, one
+    line), not a pile of section-state violations."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    prog = fixture_program(NAME)
+    root = prog["mem_section"].read_()[0].read_()
+    out = tmp_path / "noroot.elf"
+    assert exclude_pages(elf, out, [virt_to_phys(root).value_()]) == 1
+    proc = subprocess.run([sys.executable, "-m", "drgn_vmemmap.cli", "-c", str(out), "-s",
+                           str(vmlinux_for(manifest_of(NAME))), "check"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no memory section could be read" in lines[0], proc.stderr
+    assert "root" in lines[0] and "not in the dump" in lines[0]
