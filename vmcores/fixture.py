@@ -391,6 +391,9 @@ def _finish_kdump(name: str, scenario: Scenario, manifest: Dict[str, Any], flat:
                         "bytes": partial.stat().st_size,
                         "guest_seconds": round(time.monotonic() - t0, 1), **capture}
     partial.rename(out_dir / f"{name}.vmcore")
+    if scenario.xz:
+        # The capture kernel's file, whole, in an xz container.
+        xz_dump(out_dir, name, manifest)
     (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     log(f"{name}: {manifest['dump']['bytes'] / 1e6:.1f} MB at -d {scenario.kdump['level']} "
         "from the capture kernel")

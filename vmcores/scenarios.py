@@ -347,6 +347,17 @@ for _k in ("6.1", "6.12"):
         "Debian's kdump command line plus acpi_no_memhotplug."),
         kdump={"level": 31, "capture_cmdline": "acpi_no_memhotplug", "fill_mb": 0,
                "crashkernel": "192M"}))
+# 7.2 at -d 1 (zero pages only): Debian 12's makedumpfile 1.7.2 predates
+# 7.2's page-type encoding, so at -d 31 it may take slab pages for user
+# pages (DESIGN.md); -d 1 trusts no page flag.  init_on_free=1 keeps freed
+# memory zero, so the dump stays small.
+_add("kdump", Scenario("7.2", list(_BASIC), (
+    "hotplug-basic, then the kernel's own kdump path with makedumpfile -F -c -d 1 "
+    "(zero pages only) in a capture kernel booted with Debian's kdump command line "
+    "plus acpi_no_memhotplug; init_on_free=1 keeps freed memory zero."),
+    cmdline="init_on_free=1", xz=True,
+    kdump={"level": 1, "capture_cmdline": "acpi_no_memhotplug", "fill_mb": 0,
+           "crashkernel": "192M"}))
 _add("kdump-damaged", Scenario("6.12", list(_BASIC), (
     "hotplug-basic, then kdump with Debian's capture command line and "
     "memhp_default_state=online (no acpi_no_memhotplug): the capture kernel onlines "
