@@ -38,19 +38,28 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=_formatter)
-    if not for_drgn:
-        t = p.add_argument_group("target (default: the running kernel)")
+
+    def target_options(parser: argparse.ArgumentParser, after: bool = False) -> None:
+        """-k / -c / --qemu / -s: before the subcommand, or (``after``) after
+        it, where SUPPRESS keeps a value given before."""
+        d = argparse.SUPPRESS if after else None
+        t = parser.add_argument_group("target (default: the running kernel)")
         x = t.add_mutually_exclusive_group()
         x.add_argument("-k", "--kernel", action="store_true",
+                       default=argparse.SUPPRESS if after else False,
                        help="debug the running kernel through /proc/kcore (needs root)")
-        x.add_argument("-c", "--core", metavar="VMCORE",
+        x.add_argument("-c", "--core", metavar="VMCORE", default=d,
                        help="a kernel core dump: ELF (/proc/vmcore) or kdump-compressed")
-        x.add_argument("--qemu", metavar="SOCKET",
+        x.add_argument("--qemu", metavar="SOCKET", default=d,
                        help="a live QEMU guest through its QMP socket; give the tool a "
                             "socket of its own (QEMU accepts several -qmp options)")
-        t.add_argument("-s", "--symbols", metavar="VMLINUX", action="append", default=[],
+        t.add_argument("-s", "--symbols", metavar="VMLINUX", action="append",
+                       default=argparse.SUPPRESS if after else [],
                        help="kernel debug info (vmlinux, or vmlinux.xz, decompressed once "
                             "into ~/.cache/drgn-vmemmap); repeatable; default: drgn's search")
+
+    if not for_drgn:
+        target_options(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     def output_options(parser: argparse.ArgumentParser, default=None) -> None:
         parser.add_argument("--format", choices=("table", "json"), default=default,
@@ -65,12 +74,18 @@ def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse
     # before it.
     common = argparse.ArgumentParser(add_help=False)
     output_options(common, argparse.SUPPRESS)
+    # The target options too ("drgn-vmemmap check -c DUMP -s VMLINUX"), on
+    # every subcommand that opens one target (not triage).
+    targeted = argparse.ArgumentParser(add_help=False)
+    if not for_drgn:
+        target_options(targeted, after=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add = sub.add_parser
 
     def add_parser(name: str, **kw):
-        return _add(name, parents=[common], formatter_class=_formatter, **kw)
+        parents = [common] + ([targeted] if name != "triage" else [])
+        return _add(name, parents=parents, formatter_class=_formatter, **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
     c = sub.add_parser("check", help="run the consistency rules (the default job)",
@@ -139,7 +154,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "triage":
             from .triage import triage_main
             return triage_main(args)
-        from .target import open_target
+        from .target import TargetError, open_target
+        chosen = [o for o, v in (("-k", args.kernel), ("-c", args.core), ("--qemu", args.qemu))
+                  if v]
+        if len(chosen) > 1:  # one before the subcommand, one after it
+            raise TargetError(f"{' and '.join(chosen)}: give one target")
         prog = open_target(vmcore=args.core, qemu=args.qemu, symbols=args.symbols)
         return run_command(prog, args)
     except KeyboardInterrupt:

@@ -261,3 +261,18 @@ def test_zeroed_vmcoreinfo(tmp_path):
     else:
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["violations"] == []
+
+
+def test_target_options_after_the_subcommand():
+    """'drgn-vmemmap check -c DUMP -s VMLINUX' works like the options before
+    the subcommand (DESIGN's contract); two targets are one line and exit 2."""
+    name = "6.12-hotplug-basic"
+    before = run(*target(name), "check", "--format", "json")
+    after = run("check", *target(name), "--format", "json")
+    assert after.returncode == before.returncode == 0, after.stderr
+    strip = lambda p: {k: v for k, v in json.loads(p.stdout).items() if k != "stats"}
+    assert strip(after) == strip(before)
+    split = run("-c", target(name)[1], "ranges", "-s", target(name)[3], "--format", "json")
+    assert split.returncode == 0 and json.loads(split.stdout), split.stderr
+    line = one_line_error(run(*target(name), "check", "--qemu", "/nonexistent.sock"))
+    assert "-c and --qemu: give one target" in line
