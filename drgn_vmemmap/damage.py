@@ -33,7 +33,7 @@ are not checked (nothing was overwritten), nor are kernels whose flags keep
 neither node nor zone.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from drgn import FaultError, Program
 
@@ -64,11 +64,13 @@ class DamagedBlock(NamedTuple):
     cause: str = CAUSE
 
 
-def _type_ok(v: int, scheme: str, types: Dict[str, int]) -> bool:
+def _type_ok(v: int, scheme: str, codes: Set[int]) -> bool:
+    """Whether ``v`` is a ``page_type`` / ``_mapcount`` word the kernel writes
+    (``codes``: the ``PGTY_*`` top bytes)."""
     if v == 0xFFFFFFFF or v < 0x10000:  # no type; a mapcount
         return True
     if scheme == "pgty":
-        return (v >> 24) in set(types.values())
+        return (v >> 24) in codes
     return v >= 0xF0000000  # inverted: a type bit cleared under PAGE_TYPE_BASE
 
 
@@ -101,6 +103,7 @@ def damaged_blocks(prog: Program, mm: MemoryMap) -> List[DamagedBlock]:
     flags_off = f.layout.flags
     type_off = f.layout.mapcount  # page_type shares the word
     types = f.page_types
+    codes = set(types.types.values())
     spans = _zone_spans(prog, f)
     if not spans:
         return []
@@ -123,7 +126,7 @@ def damaged_blocks(prog: Program, mm: MemoryMap) -> List[DamagedBlock]:
             span = spans.get((f.page_node(flags), f.page_zone(flags)))
             ok = span is not None and span[0] <= pfn < span[1]
             v = int.from_bytes(raw[type_off:type_off + 4], "little")
-            ok &= _type_ok(v, types.scheme, types.types)
+            ok &= _type_ok(v, types.scheme, codes)
             if not ok:
                 bad += 1
                 example = example or flags

@@ -8,12 +8,12 @@ The invariants of DESIGN.md's rule catalogue, each a small generator over a
 rule on every range ends as one of the three.
 """
 
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
 from .report import Note, NotChecked, Violation
-from .scan import runs
+from .scan import flag_set, runs
 
 __all__ = ("Holds", "RULES", "Result")
 
@@ -265,8 +265,8 @@ def cross_hosted(ctx) -> Iterator[Result]:
     rule = "cross-hosted"
     bad = 0
     hot = ctx.hotplugged()
-    # (owner block, host block) -> [pfn_start, pfn_end, frames, aliased only]
-    shared: Dict[Tuple[int, int], List[int]] = {}
+    # (owner block, host block, aliased) -> [pfn_start, pfn_end, {host frames}]
+    shared: Dict[Tuple[int, int, bool], List[Any]] = {}
     for e in ctx.extents():
         if e.kind in ("unbacked", "unreadable", "self-hosted"):
             continue
@@ -437,9 +437,7 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
         ]
         slab_bit = f.page_flags.get("PG_slab")  # a page flag before 6.8, a type after
         if slab_bit is not None:
-            checks.append(("not a slab page", ((cols.flags >> np.uint64(slab_bit))
-                                               & np.uint64(1)).astype(bool),
-                           lambda i: "PG_slab"))
+            checks.append(("not a slab page", flag_set(cols, slab_bit), lambda i: "PG_slab"))
         if lru_bit is not None:
             checks.append(("not on an LRU", ((cols.flags >> np.uint64(lru_bit)) & np.uint64(1))
                            .astype(bool), lambda i: "PG_lru"))
@@ -476,9 +474,8 @@ def vmemmap_page_state(ctx) -> Iterator[Result]:
 
 
 def _bit(cols, bit: Optional[int]) -> np.ndarray:
-    if bit is None:
-        return np.zeros(len(cols.flags), bool)
-    return ((cols.flags >> np.uint64(bit)) & np.uint64(1)).astype(bool)
+    """:func:`scan.flag_set`, all clear for a flag this kernel lacks."""
+    return np.zeros(len(cols.flags), bool) if bit is None else flag_set(cols, bit)
 
 
 def _tail(cols) -> np.ndarray:

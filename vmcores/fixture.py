@@ -269,7 +269,6 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
     if any(s[0] == "fault" for s in scenario.steps):
         from .faults import build_module
         extra.append(build_module(scenario.kernel, committed_kernel))
-    files = dict(files)
     kd = scenario.kdump
     kfiles = {}
     if kd:
