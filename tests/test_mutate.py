@@ -227,3 +227,60 @@ def test_elf_copy_checks_like_the_original(subjects, name):
     truth = manifest_of(name)["truth"]["self_hosted"]
     assert [(r["block"], r["start_pfn"], r["nr_pages"]) for r in copy["ranges"]] == \
         [(r["block"], r["start_pfn"], r["nr_pages"]) for r in truth]
+
+
+#: Dump-level faults per fixture in the default run (tools/mutate_dump.py).
+DUMP_COUNT = 16
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_dump_faults(subjects, name):
+    """makedumpfile's filtering and a capture kernel's overwriting, one
+    structure at a time (issue 15): each fault costs exactly the blocks on
+    the lost page, with no new violation anywhere."""
+    s = subjects[name]
+    tally = mutate.run_subject(s, SEED, range(DUMP_COUNT), only=["dump"])
+    assert tally.mutations == DUMP_COUNT
+    assert not tally.crashes and not tally.missed, _explain(tally) + "\n" + "\n".join(
+        str(it.get("error")) for it in tally.missed)
+    assert tally.detected == tally.targeted == DUMP_COUNT
+    kinds = {m for m in tally.untargeted_by_field}  # none: every dump fault is targeted
+    assert not kinds
+    assert {"not-in-dump", "unreadable", "dump-damaged"} <= set(tally.by_rule), \
+        dict(tally.by_rule)
+
+
+def test_dump_oracle_can_fail(subjects):
+    """The dump-fault oracle rejects outcomes that break its expectation: a
+    block outside the lost page that changes, a new violation, a lost record
+    still called 'ok', an overwritten online block not called damaged."""
+    from tools import mutate_dump
+
+    s = subjects[FIXTURE_NAMES[-1]]
+    rng = __import__("random").Random(5)
+    drawn = {}
+    for i in range(400):
+        m = mutate_dump.draw(s, rng, i)
+        if m is not None and (m.field != "memory-block-page" or m.context["records"]) \
+                and (m.field != "memmap-overwrite" or m.context["online"]) \
+                and (m.field != "memmap-frame" or m.target in s.online):
+            drawn.setdefault(m.field, m)
+        if len(drawn) == 4:
+            break
+    base = s.baseline
+    assert mutate_dump.judge(s, drawn["memmap-frame"], "ok", base, None), \
+        "a lost frame whose pfns are not unreadable passed"
+    m = drawn["memory-block-page"]
+    assert mutate_dump.judge(s, m, "ok", base, None), "a lost record still 'ok' passed"
+    other = next(b for b in base["blocks"] if b["block"] not in m.context["affected"])
+    bad = dict(base, blocks=[dict(b, verdict="error") if b is other else b
+                             for b in base["blocks"]])
+    assert any(f"block {other['block']} (not affected)" in w
+               for w in mutate_dump.judge(s, m, "ok", bad, None))
+    v = {"rule": "marker-stray", "severity": "error", "pfn_start": 1, "pfn_end": 2,
+         "block": 0, "section": 0}
+    assert any("new violations" in w for w in mutate_dump.judge(
+        s, m, "ok", dict(base, violations=base["violations"] + [v]), None))
+    m = drawn["memmap-overwrite"]
+    assert mutate_dump.judge(s, m, "ok", base, None), "an undamaged report passed"
+    assert mutate_dump.judge(s, m, "refused", None, "cannot analyse")

@@ -17,7 +17,7 @@ It reads and writes ELF headers only (tools/elfcore.py parses them).
 import shutil
 import struct
 from pathlib import Path
-from typing import Iterable, List, Tuple, Union
+from typing import Callable, Iterable, List, Tuple, Union
 
 from tools.elfcore import program_headers
 
@@ -33,9 +33,24 @@ def exclude_pages(src: Union[str, Path], dst: Union[str, Path], paddrs: Iterable
         ignored).
     """
     shutil.copyfile(src, dst)
+    removed, _ = exclude_in_place(dst, paddrs, page_size)
+    return removed
+
+
+def exclude_in_place(path: Union[str, Path], paddrs: Iterable[int],
+                     page_size: int = 4096) -> Tuple[int, Callable[[], None]]:
+    """Take the pages holding ``paddrs`` out of ELF core ``path`` itself.
+
+    No byte of memory moves: a new program header table is appended to the
+    file and the ELF header points at it.  :return: ``(pages taken out,
+    restore)``; ``restore()`` points the header back at the old table and
+    cuts the new one off, which gives back the file as it was.
+    """
     pages = sorted({p - p % page_size for p in paddrs})
-    with open(dst, "r+b") as f:
-        phentsize, phnum, raw = program_headers(f, src)
+    with open(path, "r+b") as f:
+        f.seek(0)
+        ehdr = f.read(64)
+        phentsize, phnum, raw = program_headers(f, path)
         out: List[Tuple[int, ...]] = []
         removed = 0
         for i in range(phnum):
@@ -58,17 +73,24 @@ def exclude_pages(src: Union[str, Path], dst: Union[str, Path], paddrs: Iterable
                 d = start - paddr
                 n = paddr + filesz - start
                 out.append((p_type, flags, offset + d, vaddr + d, start, n, n, align))
-        # The new table goes at the end of the file; the old one stays as
-        # dead bytes.
+        if len(out) >= 0xFFFF:
+            raise ValueError(f"{len(out)} segments: more than an ELF header can count")
+        # The new table goes at the end of the file; the old one stays where
+        # it was, for restore().
         f.seek(0, 2)
         end = f.tell()
         new_phoff = -(-end // 8) * 8
         f.write(b"\0" * (new_phoff - end))
         f.write(b"".join(_PHDR.pack(*ph) for ph in out))
-        if len(out) >= 0xFFFF:
-            raise ValueError(f"{len(out)} segments: more than an ELF header can count")
         f.seek(32)
         f.write(struct.pack("<Q", new_phoff))
         f.seek(56)
         f.write(struct.pack("<H", len(out)))
-    return removed
+
+    def restore() -> None:
+        with open(path, "r+b") as f:
+            f.seek(0)
+            f.write(ehdr)
+            f.truncate(end)
+
+    return removed, restore

@@ -68,6 +68,13 @@ Target classes (weights in :data:`CLASSES`):
     a ``struct memory_block``: ``state``, ``start_section_nr``, ``nid``, and
     ``nr_vmemmap_pages`` (5.13-6.5) or ``altmap->alloc``, ``free``,
     ``base_pfn``, ``end_pfn``, ``reserve`` (6.6+; blocks with an altmap).
+``dump``
+    a fault of the dump rather than of the kernel (``tools/mutate_dump.py``):
+    the page of one ``memory_block`` or ``vmem_altmap`` taken out of the
+    dump, one vmemmap page-table page, one memmap frame, or one block's
+    memmap overwritten with random bytes.  Its oracle is an expectation
+    (the fault costs the structures on the page and nothing else), see
+    that module.
 
 The oracle (:func:`broken_rules`) says which rules of the catalogue
 (DESIGN.md) a mutation breaks, from the kernel's definitions (KERNEL-NOTES
@@ -200,7 +207,7 @@ PAGE_CLASSES = ("vmemmap-page", "block-page", "compound", "hvo-folio", "hvo-repl
                 "buddy", "slab", "page-table")
 CLASSES = (("vmemmap-page", 25), ("block-page", 12), ("section", 13), ("block", 15),
            ("compound", 8), ("hvo-folio", 7), ("hvo-replacement", 4), ("buddy", 6),
-           ("slab", 5), ("page-table", 5))
+           ("slab", 5), ("page-table", 5), ("dump", 4))
 PAGE_FIELDS = (("flags", 35), ("page_type", 20), ("refcount", 15), ("mapping", 15),
                ("compound_head", 15))
 #: Classes of pages that are not vmemmap pages: more weight on the flags
@@ -956,6 +963,8 @@ class Mutation(NamedTuple):
     context: Dict[str, Any]
 
     def describe(self) -> str:
+        if self.klass == "dump":
+            return f"#{self.index} dump {self.field}: {self.context['what']}"
         what = "section" if self.klass == "section" else "block" if self.klass == "block" \
             else "pfn"
         extra = ""
@@ -1143,13 +1152,20 @@ def _draw_block(s: Subject, rng: random.Random, index: int) -> Optional[Mutation
     return block_mutation(s, index, bid, field, _bits(rng, width, first))
 
 
-def draw(s: Subject, seed: int, index: int) -> Mutation:
-    """Mutation ``index`` of ``seed`` for this subject (deterministic)."""
-    rng = random.Random(f"{seed}/{s.name}/{index}")
+def draw(s: Subject, seed: int, index: int, only: Optional[Sequence[str]] = None) -> Mutation:
+    """Mutation ``index`` of ``seed`` for this subject (deterministic), of the
+    classes ``only`` if given."""
+    seed_text = f"{seed}/{s.name}/{index}" if not only else \
+        f"{seed}/{s.name}/{index}/{','.join(sorted(only))}"
+    rng = random.Random(seed_text)
+    classes = [c for c in CLASSES if not only or c[0] in only]
     for _ in range(100):
-        klass = _weighted(rng, CLASSES)
+        klass = _weighted(rng, classes)
         if klass in PAGE_CLASSES:
             m = _draw_page(s, rng, index, klass)
+        elif klass == "dump":
+            from tools import mutate_dump
+            m = mutate_dump.draw(s, rng, index)
         elif klass == "section":
             m = _draw_section(s, rng, index)
         else:
@@ -1350,6 +1366,8 @@ def _block_values(m: Mutation, value: int) -> Dict[str, Any]:
 
 def broken_rules(s: Subject, m: Mutation) -> Set[str]:
     """The rules whose invariant held before mutation ``m`` and fails after."""
+    if m.klass == "dump":  # what the dump fault must cost (tools/mutate_dump.py)
+        return {m.context["expect"]}
     if m.klass in PAGE_CLASSES:
         before = dict(m.context["page"])
         after = dict(before)
@@ -1397,6 +1415,9 @@ def _covers(s: Subject, m: Mutation, v: Dict[str, Any]) -> bool:
 
 def run_one(s: Subject, m: Mutation, timeout: int = 60) -> Outcome:
     """Apply ``m``, check (in the worker), restore; classify the result."""
+    if m.klass == "dump":
+        from tools import mutate_dump
+        return mutate_dump.run_one(s, m, timeout)
     broken = broken_rules(s, m)
     s.write_file(m.offset, m.size, m.new)
     try:
@@ -1427,7 +1448,8 @@ def prepare(name: str, workdir: Path, fresh: bool = False, timeout: float = 60) 
 class Tally:
     """Counts over outcomes; see :meth:`to_json`."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: Optional[Sequence[str]] = None) -> None:
+        self.only = "".join(f" --class {c}" for c in sorted(only or ()))
         self.mutations = 0
         self.targeted = 0
         self.detected = 0
@@ -1451,7 +1473,7 @@ class Tally:
         where = {"fixture": fixture, "seed": seed, "index": m.index,
                  "mutation": m.describe(), "broke": sorted(o.broken),
                  "replay": f"python tools/mutate.py --fixture {fixture} --seed {seed} "
-                           f"--index {m.index} -v"}
+                           f"--index {m.index}{self.only} -v"}
         if o.status in ("crash", "hang"):
             self.crashes.append(dict(where, status=o.status, error=o.error))
             cls["crashes"] += 1
@@ -1468,7 +1490,8 @@ class Tally:
                 cls["detected"] += 1
             else:
                 cls["missed"] += 1
-                self.missed.append(dict(where, flagged=sorted(o.flagged_by)))
+                self.missed.append(dict(where, flagged=sorted(o.flagged_by),
+                                        **({"error": o.error} if o.error else {})))
             if o.broken & o.detected_by:
                 self.detected_by_expected_rule += 1
             for rule in o.broken:
@@ -1517,12 +1540,12 @@ class Tally:
 
 
 def run_subject(s: Subject, seed: int, indices: Sequence[int], timeout: int = 60,
-                verbose: bool = False) -> Tally:
+                verbose: bool = False, only: Optional[Sequence[str]] = None) -> Tally:
     """Run mutations ``indices`` of ``seed`` on a prepared subject."""
     t0 = time.monotonic()
-    tally = Tally()
+    tally = Tally(only)
     for i in indices:
-        o = run_one(s, draw(s, seed, i), timeout)
+        o = run_one(s, draw(s, seed, i, only), timeout)
         tally.add(s.name, seed, o)
         if verbose:
             _print_outcome(s.name, o)
@@ -1532,7 +1555,8 @@ def run_subject(s: Subject, seed: int, indices: Sequence[int], timeout: int = 60
 
 def run(fixtures: Sequence[str], count: int, seed: int, indices: Optional[Sequence[int]] = None,
         fresh: bool = False, timeout: int = 60, verbose: bool = False,
-        workdir: Optional[Path] = None) -> Dict[str, Tally]:
+        workdir: Optional[Path] = None,
+        only: Optional[Sequence[str]] = None) -> Dict[str, Tally]:
     """Run the mutations; ``{fixture: Tally}`` (seconds include preparing the fixture)."""
     out: Dict[str, Tally] = {}
     with tempfile.TemporaryDirectory(prefix="drgn-vmemmap-mutate-", dir=workdir) as tmp:
@@ -1541,7 +1565,7 @@ def run(fixtures: Sequence[str], count: int, seed: int, indices: Optional[Sequen
             s = prepare(name, Path(tmp), fresh, timeout)
             try:
                 tally = run_subject(s, seed, indices if indices is not None else range(count),
-                                    timeout, verbose)
+                                    timeout, verbose, only)
             finally:
                 s.close()
                 os.unlink(s.path)
@@ -1627,6 +1651,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--timeout", type=int, default=60,
                    help="seconds per check (default 60); a longer check is a hang: the "
                         "worker is killed and restarted")
+    p.add_argument("--class", dest="only", action="append", metavar="CLASS",
+                   choices=[c for c, _ in CLASSES],
+                   help="draw only from this target class (repeatable; default: all, "
+                        "weighted as in CLASSES)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per mutation on stderr")
     args = p.parse_args(argv)
@@ -1634,7 +1662,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not fixtures:
         p.error("no fixtures")
     results = run(fixtures, args.count, args.seed, args.index, args.fresh, args.timeout,
-                  args.verbose)
+                  args.verbose, only=args.only)
     total = Tally()
     for t in results.values():
         total.merge(t)
@@ -1648,4 +1676,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # tools/mutate_dump.py imports this module as tools.mutate: one copy.
+    sys.modules.setdefault("tools.mutate", sys.modules[__name__])
     sys.exit(main())
