@@ -16,6 +16,7 @@ from drgn import FaultError, Program, TypeKind
 from drgn.helpers.common.prog import takes_program_or_default
 from drgn.helpers.linux.list import list_for_each_entry
 
+from .errors import UsageError
 from . import backing as _backing
 from . import scan as _scan
 from .damage import CAUSE, DamagedBlock, damaged_blocks
@@ -561,11 +562,18 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     blocks that changed in any read become "not checked (live race)".
     ``stats["live_retries"]`` says how many retries were needed.
 
-    :param rules: rule ids from :data:`~drgn_vmemmap.rules.RULES`.
+    :param rules: rule ids from :data:`~drgn_vmemmap.rules.RULES`; an unknown
+        one raises :class:`ValueError` naming the known ones.
     :param jobs: processes for the whole-memory scan (marker-stray); None
         decides by :func:`~drgn_vmemmap.scan.parallel_jobs` (several only for
         a core dump of at least 4 GiB); ``stats["jobs"]`` says what was used.
     """
+    if rules is not None:
+        rules = list(rules)
+        unknown = [r for r in rules if r not in RULES]
+        if unknown:
+            raise UsageError(f"unknown rule(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(RULES)}")
     t0 = time.monotonic()
     live = target_kind(prog) != "vmcore"
     raced = False

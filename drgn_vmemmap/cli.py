@@ -32,6 +32,15 @@ __all__ = ("main",)
 COMMANDS = ("check", "ranges", "blocks", "sections", "explain", "features", "triage")
 
 
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("drgn-vmemmap")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -61,6 +70,7 @@ def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse
     if not for_drgn:
         target_options(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     def output_options(parser: argparse.ArgumentParser, default=None) -> None:
         parser.add_argument("--format", choices=("table", "json"), default=default,
                             help="output format (default: table on a terminal, else json)")

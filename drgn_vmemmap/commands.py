@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from drgn import Program
 from tabulate import tabulate
 
+from .errors import UsageError
 from .check import check, self_hosted_ranges
 from .backing import frames_to_described, vmemmap_backing
 from .features import features
@@ -54,9 +55,9 @@ def run_check(prog: Program, rules: Optional[List[str]] = None,
 
     for r in rules or ():
         if r not in RULES:
-            raise ValueError(f"unknown rule {r!r}; known: {', '.join(RULES)}")
+            raise UsageError(f"unknown rule {r!r}; known: {', '.join(RULES)}")
     if jobs is not None and jobs < 1:
-        raise ValueError(f"--jobs must be 1 or more, not {jobs}")
+        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     return check(prog, rules, vmemmap_page_type, progress, jobs)
 
 

@@ -276,3 +276,39 @@ def test_target_options_after_the_subcommand():
     assert split.returncode == 0 and json.loads(split.stdout), split.stderr
     line = one_line_error(run(*target(name), "check", "--qemu", "/nonexistent.sock"))
     assert "-c and --qemu: give one target" in line
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("drgn-vmemmap "), proc.stderr
+
+
+def test_unknown_rule_from_python_is_a_value_error():
+    """From Python, a misspelt rule raises ValueError listing the known rules,
+    before anything is read (it is not blamed on the kernel's debug info)."""
+    from conftest import fixture_program
+    from drgn_vmemmap import check
+    with pytest.raises(ValueError) as e:
+        check(fixture_program("6.12-hotplug-basic"), rules=["vmemmap-unmarkd"])
+    assert "vmemmap-unmarkd" in str(e.value) and "vmemmap-unmarked" in str(e.value)
+    assert "debug info" not in str(e.value)
+
+
+def test_errors_name_only_drgns_lookups():
+    """describe() blames the debug info only for drgn's own look-up failures;
+    any other LookupError (IndexError, KeyError) is an internal error."""
+    import drgn
+
+    from drgn_vmemmap.errors import describe
+    prog = drgn.Program()
+    with pytest.raises(LookupError) as missing_type:
+        prog.type("struct no_such_struct")
+    with pytest.raises(KeyError) as missing_object:
+        prog["no_such_symbol"]
+    for e in (missing_type.value, missing_object.value):
+        text = describe(e)
+        assert text.startswith("the kernel's debug info has no ") and "no_such" in text, text
+    for e in (IndexError("list index out of range"), KeyError(32), LookupError("x")):
+        text = describe(e)
+        assert text.startswith("internal error (") and "--debug" in text, text
+        assert "debug info" not in text
