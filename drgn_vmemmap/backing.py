@@ -45,15 +45,16 @@ from drgn.helpers.common.prog import takes_program_or_default
 
 from .model import MemoryMap, memory_map
 from .pagetable import Mapping, PageTableWalker, translate
+from .records import state_name
 
 __all__ = (
     "Backing",
     "Extent",
     "KINDS",
-    "SelfHostedRange",
+    "SelfHostedRun",
     "frames_to_described",
     "hotplugged_blocks",
-    "self_hosted_ranges",
+    "self_hosted_runs",
     "vmemmap_backing",
 )
 
@@ -127,13 +128,14 @@ class Backing(list):
     tables_read: int
 
 
-class SelfHostedRange(NamedTuple):
+class SelfHostedRun(NamedTuple):
     """Frames ``[start_pfn, start_pfn + nr_pages)`` of a block holding its own memmap."""
 
     block: int
     start_pfn: int
     nr_pages: int
-    #: The block's state (``"MEM_ONLINE"``, ...), None if the block is unknown.
+    #: The block's state as :func:`~drgn_vmemmap.records.state_name` spells
+    #: it (``"online"``, ...), None if the block is unknown.
     state: Optional[str]
     node: Optional[int]
     zone: Optional[str]
@@ -348,7 +350,7 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
     return result
 
 
-def self_hosted_ranges(mm: MemoryMap, extents: Sequence[Extent]) -> List[SelfHostedRange]:
+def self_hosted_runs(mm: MemoryMap, extents: Sequence[Extent]) -> List[SelfHostedRun]:
     """
     Per hot-plugged block, the runs of frames inside it that hold the block's
     own struct pages, sorted by block and pfn.  A block whose self-hosted
@@ -363,8 +365,8 @@ def self_hosted_ranges(mm: MemoryMap, extents: Sequence[Extent]) -> List[SelfHos
     for bid in sorted(frames):
         b = mm.blocks.get(bid)
         for start, end in _merge(frames[bid]):
-            out.append(SelfHostedRange(bid, start, end - start,
-                                       b.state if b else None,
+            out.append(SelfHostedRun(bid, start, end - start,
+                                       state_name(b.state) if b else None,
                                        b.nid if b else None,
                                        b.zone if b else None))
     return out

@@ -13,13 +13,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from drgn import Program
 from tabulate import tabulate
 
-from .errors import UsageError
-from .check import check, self_hosted_ranges
 from .backing import frames_to_described, vmemmap_backing
+from .check import check, self_hosted_ranges
+from .errors import UsageError
 from .features import features
 from .model import memory_map
+from .records import state_name
 from .report import Report
-from .rules import state_name
 
 __all__ = ("cmd_blocks", "cmd_explain", "cmd_features", "cmd_ranges", "cmd_sections",
            "explain", "progress_bar", "run_check")

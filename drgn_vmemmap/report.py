@@ -8,7 +8,9 @@ see the README.
 """
 
 import json
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
+
+from .records import NotChecked, Note, Range, Violation
 
 __all__ = (
     "Note",
@@ -17,80 +19,12 @@ __all__ = (
     "Report",
     "SCHEMA",
     "Violation",
-    "coalesce_pfns",
     "exit_status",
     "render_json",
     "render_table",
 )
 
 SCHEMA = 1
-
-
-class Range(NamedTuple):
-    """
-    A block's self-hosted vmemmap range, found from the page tables: its
-    frames that back the block's own struct pages lie in ``[start_pfn,
-    start_pfn + nr_pages)``, all of them but ``holes`` (frames inside the
-    range that back nothing, as remapping self-hosted vmemmap the way HVO
-    does leaves them; normally 0).  ``reserved_pages`` (>= ``nr_pages``) is
-    the block's whole vmemmap area, which the kernel marks and accounts:
-    with ``memmap_on_memory=force`` the range padded up to whole pageblocks,
-    else the range itself.
-    """
-
-    block: int
-    start_pfn: int
-    nr_pages: int
-    state: str
-    node: Optional[int]
-    zone: Optional[str]
-    reserved_pages: int = 0
-    holes: int = 0
-
-    @property
-    def frames(self) -> int:
-        """Frames that really back the block's struct pages."""
-        return self.nr_pages - self.holes
-
-    @property
-    def area_end_pfn(self) -> int:
-        """End of the vmemmap area (frames plus any force-mode padding)."""
-        return self.start_pfn + max(self.nr_pages, self.reserved_pages)
-
-
-class Violation(NamedTuple):
-    """A broken invariant over a coalesced pfn range ``[pfn_start, pfn_end)``."""
-
-    rule: str
-    severity: str  # "error" | "warning"
-    pfn_start: int
-    pfn_end: int
-    section: Optional[int]
-    block: Optional[int]
-    expected: str
-    found: str
-    message: str
-
-
-class NotChecked(NamedTuple):
-    """A rule that could not be decided somewhere, and why."""
-
-    rule: str
-    reason: str
-    pfn_start: Optional[int] = None
-    pfn_end: Optional[int] = None
-
-
-class Note(NamedTuple):
-    """Something normal but worth knowing, over ``[pfn_start, pfn_end)``:
-    it holds, and says what it implies (e.g. which block cannot be unplugged
-    first).  Never a violation."""
-
-    rule: str
-    pfn_start: int
-    pfn_end: int
-    block: Optional[int]
-    message: str
 
 
 class Report(NamedTuple):
@@ -134,17 +68,6 @@ class Report(NamedTuple):
 def exit_status(report: Report) -> int:
     """0 when no error-severity violation was found, 1 otherwise."""
     return 1 if report.errors() else 0
-
-
-def coalesce_pfns(pfns: Iterable[int]) -> List[List[int]]:
-    """Sorted pfns -> ``[[start, end), ...]``."""
-    out: List[List[int]] = []
-    for pfn in sorted(pfns):
-        if out and out[-1][1] == pfn:
-            out[-1][1] = pfn + 1
-        else:
-            out.append([pfn, pfn + 1])
-    return out
 
 
 def render_json(report: Report) -> str:

@@ -3,38 +3,22 @@ Rules
 -----
 
 The invariants of DESIGN.md's rule catalogue, each a small generator over a
-:class:`Context` that yields :class:`~drgn_vmemmap.report.Violation`,
-:class:`~drgn_vmemmap.report.NotChecked` or :class:`Holds` records.  Every
+:class:`~drgn_vmemmap.context.Context` that yields
+:class:`~drgn_vmemmap.records.Violation`,
+:class:`~drgn_vmemmap.records.NotChecked` or :class:`~drgn_vmemmap.records.Holds`
+records.  Every
 rule on every range ends as one of the three.
 """
 
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .report import Note, NotChecked, Violation
+from .context import Context
+from .records import Holds, NotChecked, Note, Result, Violation, state_name
 from .scan import flag_set, runs
 
 __all__ = ("Holds", "RULES", "Result")
-
-
-class Holds(NamedTuple):
-    rule: str
-    count: int = 1
-
-
-Result = Union[Violation, NotChecked, Holds, Note]
-
-STATE_NAMES = {
-    "MEM_ONLINE": "online", "MEM_OFFLINE": "offline", "MEM_GOING_OFFLINE": "going-offline",
-    "MEM_GOING_ONLINE": "going-online", "MEM_CANCEL_ONLINE": "cancel-online",
-    "MEM_CANCEL_OFFLINE": "cancel-offline", "MEM_PREPARE_ONLINE": "prepare-online",
-    "MEM_FINISH_OFFLINE": "finish-offline",
-}
-
-
-def state_name(state: str) -> str:
-    return STATE_NAMES.get(state, state.lower())
 
 
 def _v(rule: str, start: int, end: int, expected: str, found: str, message: str,
@@ -46,7 +30,7 @@ def _v(rule: str, start: int, end: int, expected: str, found: str, message: str,
 # --- block-geometry ----------------------------------------------------------
 
 
-def block_geometry(ctx) -> Iterator[Result]:
+def block_geometry(ctx: Context) -> Iterator[Result]:
     rule = "block-geometry"
     mm, f = ctx.mm, ctx.features
     spb = f.sections_per_block
@@ -91,7 +75,7 @@ def block_geometry(ctx) -> Iterator[Result]:
 # --- section-state -------------------------------------------------------------
 
 
-def section_state(ctx) -> Iterator[Result]:
+def section_state(ctx: Context) -> Iterator[Result]:
     rule = "section-state"
     mm = ctx.mm
     for b in mm.blocks.values():
@@ -105,10 +89,17 @@ def section_state(ctx) -> Iterator[Result]:
         want_online = b.state == "MEM_ONLINE"
         bad = False
         per = ctx.features.pages_per_section
+        # A boot block may have holes: add_boot_memory_block() makes a block
+        # of any aligned range with one present section (drivers/base/memory.c),
+        # e.g. a 2 GiB block (x86, boot RAM ending at >= 64 GiB) over RAM and
+        # an E820 hole.  Hot-added ranges are whole blocks: no absent section.
+        boot = any(s.has("IS_EARLY") for s in mm.block_sections(b))
         for nr in range(b.id * ctx.features.sections_per_block,
                         (b.id + 1) * ctx.features.sections_per_block):
             s = mm.sections.get(nr)
             start = nr * per
+            if s is None and boot:
+                continue
             if s is None or not s.has("HAS_MEM_MAP"):
                 bad = True
                 yield _v(rule, start, start + per, "present with a mem_map",
@@ -133,7 +124,7 @@ def section_state(ctx) -> Iterator[Result]:
 _EARLY_FLAGS = ("IS_EARLY", "IS_VMEMMAP_PREINIT", "TAINT_ZONE_DEVICE")
 
 
-def early_self_hosted(ctx) -> Iterator[Result]:
+def early_self_hosted(ctx: Context) -> Iterator[Result]:
     rule = "early-self-hosted"
     mm = ctx.mm
     if ctx.features.block_accounting == "none":
@@ -162,7 +153,7 @@ def early_self_hosted(ctx) -> Iterator[Result]:
 # --- altmap-mismatch -----------------------------------------------------------
 
 
-def altmap_mismatch(ctx) -> Iterator[Result]:
+def altmap_mismatch(ctx: Context) -> Iterator[Result]:
     rule = "altmap-mismatch"
     mm, f = ctx.mm, ctx.features
     if f.block_accounting == "none":
@@ -230,7 +221,7 @@ def altmap_mismatch(ctx) -> Iterator[Result]:
 # --- vmemmap-unbacked / cross-hosted (page-table extents) ----------------------
 
 
-def vmemmap_unbacked(ctx) -> Iterator[Result]:
+def vmemmap_unbacked(ctx: Context) -> Iterator[Result]:
     rule = "vmemmap-unbacked"
     bad = 0
     for e in ctx.extents():
@@ -248,7 +239,7 @@ def vmemmap_unbacked(ctx) -> Iterator[Result]:
         yield Holds(rule)
 
 
-def cross_hosted(ctx) -> Iterator[Result]:
+def cross_hosted(ctx: Context) -> Iterator[Result]:
     """
     Whose frames hold each memmap, by what that breaks:
 
@@ -322,7 +313,7 @@ def cross_hosted(ctx) -> Iterator[Result]:
 # --- page-state rules over scanned struct pages ----------------------------------
 
 
-def _marker_masks(ctx, cols) -> Dict[str, np.ndarray]:
+def _marker_masks(ctx: Context, cols) -> Dict[str, np.ndarray]:
     """Per self-hosted marker the kernel has: which pages carry it."""
     f = ctx.features
     out = {}
@@ -349,7 +340,7 @@ _NO_RANGES = ("no self-hosted vmemmap: no block hosts its own memmap (memmap_on_
               "off, or no block was added with it)")
 
 
-def _not_online(ctx, r) -> str:
+def _not_online(ctx: Context, r) -> str:
     """Why the struct pages of range ``r``'s block are not checked."""
     b = ctx.mm.blocks.get(r.block)
     if b is not None and b.error:
@@ -357,7 +348,7 @@ def _not_online(ctx, r) -> str:
     return f"block {r.block} is {r.state}: its memmap is uninitialised"
 
 
-def vmemmap_unmarked(ctx) -> Iterator[Result]:
+def vmemmap_unmarked(ctx: Context) -> Iterator[Result]:
     rule = "vmemmap-unmarked"
     page_markers = [m for m in ctx.features.markers if not m.startswith("SECTION_")]
     if not page_markers:
@@ -394,7 +385,7 @@ def vmemmap_unmarked(ctx) -> Iterator[Result]:
             yield Holds(rule)
 
 
-def vmemmap_page_state(ctx) -> Iterator[Result]:
+def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
     rule = "vmemmap-page-state"
     f = ctx.features
     reserved_bit = np.uint64(f.page_flags["PG_reserved"])
@@ -523,7 +514,7 @@ def _owner_priv_alias(cols, swapbacked: Optional[int], head_bit: Optional[int],
     return alias
 
 
-def marker_stray(ctx) -> Iterator[Result]:
+def marker_stray(ctx: Context) -> Iterator[Result]:
     """A self-hosted marker outside the self-hosted ranges."""
     rule = "marker-stray"
     f = ctx.features
@@ -580,7 +571,7 @@ def marker_stray(ctx) -> Iterator[Result]:
         yield Holds(rule)
 
 
-def section_marker(ctx) -> Iterator[Result]:
+def section_marker(ctx: Context) -> Iterator[Result]:
     """
     Section flags that mark a self-hosted memmap, from proposals never merged:
     ``SECTION_CANNOT_OPTIMIZE_VMEMMAP`` (Muchun Song, 2022), set by
@@ -623,7 +614,7 @@ def section_marker(ctx) -> Iterator[Result]:
             yield Holds(rule)
 
 
-def hvo_self_hosted(ctx) -> Iterator[Result]:
+def hvo_self_hosted(ctx: Context) -> Iterator[Result]:
     """
     HugeTLB vmemmap optimisation must leave self-hosted memmap alone (the
     reason the markers exist): no folio in a self-hosted block, or whose

@@ -14,7 +14,7 @@ from drgn.helpers.linux.mm import follow_phys
 from drgn_vmemmap.backing import (
     KINDS,
     frames_to_described,
-    self_hosted_ranges,
+    self_hosted_runs,
     vmemmap_backing,
 )
 from conftest import kernel_config, pagetable_faults
@@ -36,12 +36,12 @@ def _expected_pa(extents, va):
     raise AssertionError(f"{va:#x} is in no extent")
 
 
-def test_self_hosted_ranges_match_truth(prog, manifest):
+def test_self_hosted_runs_match_truth(prog, manifest):
     mm = memory_map(prog)
     faulted = pagetable_faults(manifest)
     found = [{"block": r.block, "start_pfn": r.start_pfn, "nr_pages": r.nr_pages,
               "state": SYSFS_STATE.get(r.state, r.state), "node": r.node}
-             for r in self_hosted_ranges(mm, vmemmap_backing(prog, mm))]
+             for r in self_hosted_runs(mm, vmemmap_backing(prog, mm))]
     # Frames only: force-mode padding (reserved_pages) is the checker's
     # business (test_check.py), not the page tables'.
     truth = sorted(({k: v for k, v in r.items() if k != "reserved_pages"}
@@ -99,7 +99,7 @@ def test_hvo_remap_seen():
     frames of the block's vmemmap back nothing, and the block's 512-page range
     has them as 7 holes (505 frames)."""
     from conftest import fixture_program, manifests
-    from drgn_vmemmap.check import Context
+    from drgn_vmemmap.context import Context
     seen = 0
     for name, manifest in manifests().items():
         for f in manifest.get("faults", []):
@@ -139,8 +139,8 @@ def test_self_hosted_zone(prog, manifest):
     # An online block's sysfs valid_zones is the one zone it is in.
     mm = memory_map(prog)
     zones = {b["id"]: b["valid_zones"] for b in manifest["truth"]["blocks"]}
-    for r in self_hosted_ranges(mm, vmemmap_backing(prog, mm)):
-        if r.state == "MEM_ONLINE":
+    for r in self_hosted_runs(mm, vmemmap_backing(prog, mm)):
+        if r.state == "online":
             assert [r.zone] == zones[r.block], r
 
 
@@ -268,7 +268,7 @@ def test_frames_to_described(prog, manifest):
     faults = pagetable_faults(manifest)
     shared = {frame for op, frame in faults.values() if frame and op == "pmd_remap"}
     remapped = {b for b, (op, _) in faults.items() if op == "hvo_remap"}
-    for r in self_hosted_ranges(mm, extents):
+    for r in self_hosted_runs(mm, extents):
         if r.block in remapped:
             continue  # test_hvo_remap_seen
         if r.start_pfn in shared:

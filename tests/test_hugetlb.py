@@ -10,7 +10,7 @@ import pytest
 
 from conftest import capture_overwrote, fixture_program, kernel_config, manifests
 from drgn_vmemmap import check
-from drgn_vmemmap.check import Context
+from drgn_vmemmap.context import Context
 
 MANIFESTS = manifests()
 

@@ -22,7 +22,7 @@ from drgn import (
 )
 
 from conftest import fixture_program
-from drgn_vmemmap.check import vmemmap_area_pages
+from drgn_vmemmap.context import vmemmap_area_pages
 from drgn_vmemmap.features import _pageblock_order
 from drgn_vmemmap.model import memory_map
 

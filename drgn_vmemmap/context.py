@@ -1,0 +1,380 @@
+"""
+Context
+-------
+
+:class:`Context` is what the rules see for one check: the model, the
+page-table backing and the bulk scanner, each computed once, and the
+geometry the rules share (pfn -> section, pfn -> block, what is hot-plugged).
+It sits between the model (features, model, scan, backing) and the rules.
+"""
+
+import bisect
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from drgn import FaultError, Program
+from drgn.helpers.linux.list import list_for_each_entry
+
+from . import backing as _backing
+from . import scan as _scan
+from .damage import DamagedBlock, damaged_blocks
+from .model import Block, MemoryMap, memory_map
+from .records import Range, state_name
+from .target import target_kind
+
+__all__ = ("Context", "Progress", "self_hosted_ranges", "vmemmap_area_pages")
+
+Progress = Callable[[int, int], None]
+
+
+class Context:
+    """Shared, lazily computed state for the rules of one check."""
+
+    def __init__(self, prog: Program, vmemmap_page_type: Optional[int] = None,
+                 progress: Optional[Progress] = None, jobs: Optional[int] = None):
+        self.prog = prog
+        #: Processes for whole-memory scans; None: :func:`scan.parallel_jobs`.
+        self.jobs = jobs
+        self.jobs_used = 1
+        self.mm: MemoryMap = memory_map(prog, vmemmap_page_type)
+        self.features = self.mm.features
+        #: Online blocks whose memmap in the dump is not struct pages
+        #: (:mod:`~drgn_vmemmap.damage`); no rule reads their memmap.  Live
+        #: kernels are not checked.
+        self.damaged: List[DamagedBlock] = [] if target_kind(prog) != "vmcore" \
+            else damaged_blocks(prog, self.mm)
+        self.damaged_ids = {d.block for d in self.damaged}
+        self.progress = progress
+        self.pages_scanned = 0
+        self.unreadable: List[List[int]] = []
+        self._extents = None
+        self._extent_starts: Optional[List[int]] = None
+        self._range_list: Optional[List[Range]] = None
+        self._range_starts: List[int] = []
+        self._ranges: Optional[Dict[int, Range]] = None
+        self._scans: Dict[Tuple[int, int], object] = {}
+        self._hot: Optional[Dict[int, bool]] = None
+        self._page_offset: Optional[int] = None
+        self._folios: Optional[List[Tuple[int, int, bool]]] = None
+        #: Pool lists :meth:`hugetlb_folios` could not walk whole, and why.
+        self.hugetlb_problems: List[str] = []
+
+    # --- geometry ------------------------------------------------------------
+
+    def section_nr(self, pfn: int) -> int:
+        return pfn >> (self.features.section_size_bits - self.features.page_shift)
+
+    def block_id(self, pfn: int) -> int:
+        return pfn // self.features.pages_per_block
+
+    def is_hotplugged(self, b: Block) -> bool:
+        return self.hotplugged().get(b.id, False)
+
+    def damage_reason(self, bid: int) -> str:
+        return f"dump damaged: block {bid}'s memmap in the dump is not struct pages"
+
+    def page_offset(self) -> Optional[int]:
+        """The direct map's base (``PAGE_OFFSET``): every ``address_space``
+        lies at or above it; poison values and user addresses do not."""
+        if self._page_offset is None:
+            from drgn.helpers.linux.mm import pfn_to_virt
+            try:
+                self._page_offset = pfn_to_virt(self.prog, 0).value_()
+            except (LookupError, ValueError, FaultError, NotImplementedError):
+                self._page_offset = -1
+        return None if self._page_offset < 0 else self._page_offset
+
+    def swap_possible(self) -> bool:
+        """Whether any page can be in the swap cache: the kernel has swap
+        (``total_swap_pages`` is a macro 0 without CONFIG_SWAP) and a swap
+        area was ever enabled (``nr_swapfiles``) or is now."""
+        prog = self.prog
+        try:
+            total = prog["total_swap_pages"].value_()
+        except (KeyError, LookupError):
+            return False
+        except FaultError:
+            return True
+        try:
+            files = prog["nr_swapfiles"].value_()
+        except (KeyError, LookupError, FaultError):
+            files = 1
+        return total > 0 or files > 0
+
+    def hotplugged(self) -> Dict[int, bool]:
+        """Block id -> hot-plugged (present sections, none of them early)."""
+        if self._hot is None:
+            self._hot = _backing.hotplugged_blocks(self.mm)
+        return self._hot
+
+    def xarray_blocks(self) -> Optional[Dict[int, int]]:
+        from drgn.helpers.linux.xarray import xa_load
+
+        try:
+            xa = self.prog["memory_blocks"].address_of_()
+            return {bid: xa_load(xa, bid).value_() or None for bid in self.mm.blocks}
+        except (KeyError, LookupError, FaultError):
+            return None
+
+    # --- page-table truth ----------------------------------------------------
+
+    def extents(self) -> List["_backing.Extent"]:
+        if self._extents is None:
+            self._extents = _backing.vmemmap_backing(self.prog, self.mm)
+        return self._extents
+
+    def self_hosted_by_block(self) -> Dict[int, Range]:
+        if self._ranges is None:
+            self._ranges = {r.block: r for r in self_hosted_ranges(self.prog, self.mm,
+                                                                    self.extents())}
+        return self._ranges
+
+    def self_hosted_pages(self, bid: int) -> int:
+        """Frames of block ``bid`` backing its own struct pages."""
+        r = self.self_hosted_by_block().get(bid)
+        return r.frames if r else 0
+
+    def vmemmap_area(self, bid: int) -> int:
+        """Pages of block ``bid``'s vmemmap area: its self-hosted frames,
+        padded to whole pageblocks with ``memmap_on_memory=force``."""
+        r = self.self_hosted_by_block().get(bid)
+        return r.area_end_pfn - r.start_pfn if r else 0
+
+    # Interval look-ups by bisection: extents are sorted by described pfn and
+    # self-hosted ranges by frame, neither overlapping, so a 1 TiB machine's
+    # ~10^4 extents and blocks never meet in a quadratic loop.
+
+    def extents_overlapping(self, start: int, end: int) -> Iterator["_backing.Extent"]:
+        """Extents describing any pfn in ``[start, end)``."""
+        ext = self.extents()
+        if self._extent_starts is None:
+            self._extent_starts = [e.described_start_pfn for e in ext]
+        i = max(bisect.bisect_right(self._extent_starts, start) - 1, 0)
+        while i < len(ext) and ext[i].described_start_pfn < end:
+            if ext[i].described_end_pfn > start:
+                yield ext[i]
+            i += 1
+
+    def ranges_overlapping(self, start: int, end: int) -> List[Range]:
+        """Self-hosted ranges whose vmemmap area (frames and force-mode
+        padding) holds any frame in ``[start, end)``."""
+        if self._range_list is None:
+            self._range_list = sorted(self.self_hosted_by_block().values(),
+                                      key=lambda r: r.start_pfn)
+            self._range_starts = [r.start_pfn for r in self._range_list]
+        rl = self._range_list
+        i = max(bisect.bisect_right(self._range_starts, start) - 1, 0)
+        out = []
+        while i < len(rl) and rl[i].start_pfn < end:
+            if rl[i].area_end_pfn > start:
+                out.append(rl[i])
+            i += 1
+        return out
+
+    def backing_unreadable(self, b: Block) -> bool:
+        return any(e.kind == "unreadable" for e in self.extents_overlapping(b.start_pfn, b.end_pfn))
+
+    def struct_pages_self_hosted(self, start: int, end: int) -> bool:
+        for e in self.extents_overlapping(start, end):
+            if e.kind == "self-hosted":
+                return True
+            if e.frame_start_pfn is not None and self.ranges_overlapping(
+                    e.frame_start_pfn, e.frame_start_pfn + e.nr_frames):
+                return True
+        return False
+
+    def self_hosted_mask_fn(self) -> Callable[[int, int], np.ndarray]:
+        def inside(start: int, end: int) -> np.ndarray:
+            mask = np.zeros(end - start, dtype=bool)
+            for r in self.ranges_overlapping(start, end):
+                s, e = max(start, r.start_pfn), min(end, r.area_end_pfn)
+                mask[s - start:e - start] = True
+            return mask
+
+        return inside
+
+    # --- struct pages --------------------------------------------------------
+
+    def _note_unreadable(self, cols, start: int) -> None:
+        for s, e in _scan.unreadable_ranges(cols):
+            self.unreadable.append([s, e])
+
+    def scan(self, start: int, end: int):
+        key = (start, end)
+        if key not in self._scans:
+            cols = _scan.scan_pfns(self.prog, start, end)
+            self.pages_scanned += end - start
+            self._note_unreadable(cols, start)
+            self._scans[key] = cols
+        return self._scans[key]
+
+    def has_type(self, cols) -> np.ndarray:
+        return _scan.has_type(cols, self.features)
+
+    def type_is(self, cols, name: str) -> np.ndarray:
+        return _scan.type_is(cols, name, self.features)
+
+    def type_name(self, cols, i: int) -> str:
+        return _scan.type_name(int(cols.page_type[i]), self.features)
+
+    def map_all(self, fn: Callable[[int, int, object], object]
+                ) -> Iterator[Tuple[int, int, object, Optional[str]]]:
+        """
+        ``fn(start, end, columns)`` over the struct pages of every online
+        section with a memmap; yields ``(start, end, fn's result, None)``, or
+        ``(start, end, None, why)`` for a section not scanned.  Scans in
+        several processes on large core dumps (:func:`scan.parallel_jobs`),
+        so ``fn`` should return little and use only what is computed: the
+        page-table truth is, before the first section is read.
+        """
+        secs = [s for s in self.mm.sections.values() if s.has("HAS_MEM_MAP")]
+        total = sum(s.nr_pages for s in secs)
+        plan: List[Tuple[int, int, Optional[str]]] = []
+        for s in secs:
+            b = self.mm.blocks.get(self.block_id(s.start_pfn))
+            if b is not None and b.error:
+                plan.append((s.start_pfn, s.end_pfn, f"block {b.id}: {b.error}"))
+            elif b is not None and b.id in self.damaged_ids:
+                plan.append((s.start_pfn, s.end_pfn, self.damage_reason(b.id)))
+            elif b is not None and b.state != "MEM_ONLINE":
+                plan.append((s.start_pfn, s.end_pfn, f"block {b.id} is {state_name(b.state)}: "
+                             "its memmap is uninitialised or stale"))
+            elif not s.has("IS_ONLINE"):
+                plan.append((s.start_pfn, s.end_pfn, f"section {s.nr} is offline"))
+            else:
+                plan.append((s.start_pfn, s.end_pfn, None))
+        spans = [(a, b) for a, b, why in plan if why is None]
+        self.self_hosted_by_block()  # computed before any fork
+        jobs = self.jobs if self.jobs is not None else \
+            _scan.parallel_jobs(self.prog, sum(b - a for a, b in spans))
+        self.jobs_used = max(self.jobs_used, jobs)
+        results = _scan.map_spans(self.prog, spans, fn, jobs)
+        done = 0
+        try:
+            for start, end, why in plan:
+                if why is None:
+                    found, unreadable = next(results)
+                    self.pages_scanned += end - start
+                    self.unreadable.extend([s, e] for s, e in unreadable)
+                    yield start, end, found, None
+                else:
+                    yield start, end, None, why
+                done += end - start
+                if self.progress:
+                    self.progress(done, total)
+        finally:
+            results.close()
+
+    # --- HugeTLB -------------------------------------------------------------
+
+    def hugetlb_folios(self) -> List[Tuple[int, int, bool]]:
+        """
+        (head pfn, pages, HPG_vmemmap_optimized) of every pooled HugeTLB
+        folio.  Each pool list (an hstate's active list, each node's free
+        list) is walked on its own, at most as far as the hstate counts
+        folios: a list that a filtered dump cuts or that loops (corruption)
+        loses only itself, and says so in :attr:`hugetlb_problems`.
+        """
+        if self._folios is not None:
+            return self._folios
+        prog = self.prog
+        f = self.features
+        out: List[Tuple[int, int, bool]] = []
+        self.hugetlb_problems = []
+        self._folios = out
+        try:
+            hstates = prog["hstates"]
+            n = prog["hugetlb_max_hstate"].value_()
+        except (KeyError, LookupError):
+            return out
+        except FaultError as e:
+            self.hugetlb_problems.append(f"HugeTLB pools not readable: {e}")
+            return out
+        for i in range(n):
+            h = hstates[i]
+            try:
+                nr_pages = 1 << h.order.value_()
+                limit = h.nr_huge_pages.value_()
+                lists = [("active", h.hugepage_activelist.address_of_())]
+                lists += [(f"free list of node {nid}", l.address_of_())
+                          for nid, l in enumerate(h.hugepage_freelists)]
+            except FaultError as e:
+                self.hugetlb_problems.append(f"hstate {i} not readable: {e}")
+                continue
+            for what, head in lists:
+                seen = set()
+                try:
+                    for page in list_for_each_entry("struct page", head, "lru"):
+                        addr = page.value_()
+                        if addr in seen or len(seen) >= limit:
+                            raise ValueError("loops or holds more folios than the pool "
+                                             f"counts ({limit})")
+                        seen.add(addr)
+                        pfn = (addr - f.vmemmap_base) // f.layout.size
+                        optimized = bool(page.private.value_() >> f.hpg_vmemmap_optimized & 1)
+                        out.append((pfn, nr_pages, optimized))
+                except (FaultError, ValueError) as e:
+                    self.hugetlb_problems.append(f"hstate {i} {what}: {e} "
+                                                 f"(after {len(seen)} folios)")
+        return out
+
+
+def vmemmap_area_pages(mm: MemoryMap, block: Optional[Block], start_pfn: int,
+                       nr_pages: int) -> int:
+    """
+    How many pages from ``start_pfn`` form the block's vmemmap area when
+    ``nr_pages`` frames there back its struct pages.
+
+    ``memmap_on_memory=force`` (6.6+) reserves the memmap padded up to whole
+    pageblocks (``altmap->free = pageblock_align(nr)``,
+    mm/memory_hotplug.c:memory_block_memmap_on_memory_pages()) and marks
+    every reserved page like the memmap itself.  When ``pageblock_order``
+    cannot be told, the block's own ``altmap->free`` is taken if it covers
+    the frames; altmap-mismatch still compares the two.
+    """
+    f = mm.features
+    if f.memmap_on_memory != "force" or block is None or start_pfn != block.start_pfn:
+        return nr_pages
+    if f.pageblock_order is not None:
+        pb = 1 << f.pageblock_order
+        padded = -(-nr_pages // pb) * pb
+    elif block.altmap is not None and block.altmap.free >= nr_pages:
+        padded = block.altmap.free
+    else:
+        padded = nr_pages
+    return min(padded, block.end_pfn - start_pfn)
+
+
+def self_hosted_ranges(prog: Program, mm: Optional[MemoryMap] = None,
+                       extents=None) -> List[Range]:
+    """
+    Self-hosted vmemmap ranges found from the page tables, one per block.
+
+    ``nr_pages`` spans the block's frames that back its own struct pages,
+    from the first to the last; ``holes`` counts those inside that back
+    nothing (what an HVO-style remap of self-hosted vmemmap leaves behind;
+    altmap-mismatch reports them); ``reserved_pages`` goes on to whole
+    pageblocks with ``memmap_on_memory=force``.
+
+    :param mm: the :func:`~drgn_vmemmap.model.memory_map` (read if not given).
+    :param extents: its :func:`~drgn_vmemmap.backing.vmemmap_backing` (walked
+        if not given).
+    """
+    if mm is None:
+        mm = memory_map(prog)
+    if extents is None:
+        extents = _backing.vmemmap_backing(prog, mm)
+    runs: Dict[int, List["_backing.SelfHostedRun"]] = {}
+    for r in _backing.self_hosted_runs(mm, extents):
+        runs.setdefault(r.block, []).append(r)
+    out = []
+    for bid, rs in sorted(runs.items()):
+        b = mm.blocks.get(bid)
+        start = rs[0].start_pfn
+        span = rs[-1].start_pfn + rs[-1].nr_pages - start
+        out.append(Range(bid, start, span,
+                         state_name(b.state) if b else "?", b.nid if b else None,
+                         b.zone if b else None,
+                         vmemmap_area_pages(mm, b, start, span),
+                         span - sum(r.nr_pages for r in rs)))
+    return out
