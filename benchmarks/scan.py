@@ -154,9 +154,11 @@ def bench(label: str, vmcore: str, vmlinux: str, limit: Optional[int],
     extrapolated = n_pages < total
     agree = n_marked == marked_upto
     print(f"{label}: {total} valid pages, {os.path.getsize(vmcore) / 1e6:.1f} MB")
-    print(f"  naive drgn loop : {n_pages:>9} pages in {n_sec:7.3f} s = {n_rate / 1e6:7.3f} M pages/s"
+    print(f"  naive drgn loop : {n_pages:>9} pages in {n_sec:7.3f} s = "
+          f"{n_rate / 1e6:7.3f} M pages/s"
           + (f"  (EXTRAPOLATED to all pages: {total / n_rate:.1f} s)" if extrapolated else ""))
-    print(f"  bulk scanner    : {b_pages:>9} pages in {b_sec:7.3f} s = {b_rate / 1e6:7.3f} M pages/s"
+    print(f"  bulk scanner    : {b_pages:>9} pages in {b_sec:7.3f} s = "
+          f"{b_rate / 1e6:7.3f} M pages/s"
           f"  (best of {repeat}; {b_unread} unreadable)")
     print(f"  ratio bulk/naive: {b_rate / n_rate:.0f}x")
     print(f"  marked pages    : naive {n_marked}, bulk {marked_upto} on the same pfns"
@@ -231,7 +233,8 @@ def main() -> int:
                 ram, sec = write_elf(open_target(vmcore=vmcore, symbols=[vmlinux]), elf)
                 gc.collect()
                 used = os.stat(elf).st_blocks * 512
-                print(f"  wrote {elf}: {ram >> 20} MiB of RAM, {used >> 20} MiB on disk, {sec:.1f} s")
+                print(f"  wrote {elf}: {ram >> 20} MiB of RAM, {used >> 20} MiB on disk, "
+                      f"{sec:.1f} s")
             results.append(bench(label + " (ELF copy)", str(elf), vmlinux, args.limit,
                                  args.repeat, args.jobs))
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")

@@ -220,7 +220,7 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     live = target_kind(prog) != "vmcore"
     raced = False
     snapshots: List[Dict[int, tuple]] = []
-    for attempt in range(1 + (LIVE_RETRIES if live else 0)):
+    for attempt in range(1 + (LIVE_RETRIES if live else 0)):  # noqa: B007 (read after)
         e0 = _hotplug_epoch(prog) if live else _Epoch(None, False)
         ctx = Context(prog, vmemmap_page_type, progress, jobs)
         if not ctx.mm.sections:

@@ -296,8 +296,8 @@ class Context:
                 nr_pages = 1 << h.order.value_()
                 limit = h.nr_huge_pages.value_()
                 lists = [("active", h.hugepage_activelist.address_of_())]
-                lists += [(f"free list of node {nid}", l.address_of_())
-                          for nid, l in enumerate(h.hugepage_freelists)]
+                lists += [(f"free list of node {nid}", head.address_of_())
+                          for nid, head in enumerate(h.hugepage_freelists)]
             except FaultError as e:
                 self.hugetlb_problems.append(f"hstate {i} not readable: {e}")
                 continue

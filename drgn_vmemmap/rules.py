@@ -414,13 +414,13 @@ def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
             # vmemmap-unmarked's to report, any other type is ours.
             type_check = ("no page type but vmemmap",
                           ctx.has_type(cols) & ~ctx.type_is(cols, "vmemmap"),
-                          lambda i: ctx.type_name(cols, i))
+                          lambda i, c=cols: ctx.type_name(c, i))
         else:
-            type_check = ("no page type", ctx.has_type(cols), lambda i: ctx.type_name(cols, i))
+            type_check = ("no page type", ctx.has_type(cols), lambda i, c=cols: ctx.type_name(c, i))
         checks = [
             type_check,
-            ("refcount 1", cols.refcount != 1, lambda i: f"refcount {int(cols.refcount[i])}"),
-            ("no mapping", cols.mapping != 0, lambda i: f"mapping {int(cols.mapping[i]):#x}"),
+            ("refcount 1", cols.refcount != 1, lambda i, c=cols: f"refcount {int(c.refcount[i])}"),
+            ("no mapping", cols.mapping != 0, lambda i, c=cols: f"mapping {int(c.mapping[i]):#x}"),
             ("not a compound page", (cols.compound_head & np.uint64(1)).astype(bool)
              | (((cols.flags >> np.uint64(head_bit)) & np.uint64(1)).astype(bool)
                 if head_bit is not None else False),

@@ -54,7 +54,7 @@ def decompressed(path: str) -> str:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except (lzma.LZMAError, EOFError) as e:
             tmp.unlink(missing_ok=True)
-            raise TargetError(f"{path}: not a valid xz file ({e})")
+            raise TargetError(f"{path}: not a valid xz file ({e})") from e
         tmp.rename(out)
     return str(out)
 
@@ -115,7 +115,7 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
             if os.path.getsize(vmcore) == 0:
                 raise TargetError(f"{vmcore}: empty file")
         except OSError as e:
-            raise TargetError(f"{vmcore}: {e.strerror}")
+            raise TargetError(f"{vmcore}: {e.strerror}") from e
         try:
             # A dump shipped as .xz (as the tests' unfilterable fixtures are)
             # is decompressed once into the cache, like vmlinux.xz.
@@ -125,7 +125,7 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
         except TargetError:
             raise
         except Exception as e:  # OSError, ValueError, drgn's BadDataError, ...
-            raise TargetError(f"{vmcore}: cannot open as a core dump: {_short(e)}")
+            raise TargetError(f"{vmcore}: cannot open as a core dump: {_short(e)}") from e
         _check_kernel(prog, what)
     elif qemu is not None:
         what = f"QEMU guest at {qemu}"
@@ -136,15 +136,16 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
             else:
                 prog.set_core_dump(f"qmp:{qemu}")
         except (OSError, ValueError) as e:
-            raise TargetError(f"{what}: cannot attach: {_short(e)}")
+            raise TargetError(f"{what}: cannot attach: {_short(e)}") from e
     else:
         what = "the running kernel"
         try:
             prog.set_kernel()
         except PermissionError:
-            raise TargetError("the running kernel: permission denied (run as root, or pass -c VMCORE)")
+            raise TargetError("the running kernel: permission denied "
+                              "(run as root, or pass -c VMCORE)") from None
         except (OSError, ValueError) as e:
-            raise TargetError(f"the running kernel: {_short(e)}")
+            raise TargetError(f"the running kernel: {_short(e)}") from e
 
     files: List[str] = []
     for s in symbols:
@@ -157,7 +158,7 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
         except drgn.MissingDebugInfoError as e:
             drgn_log.messages.append(str(e).splitlines()[0] if str(e) else "missing debug info")
         except (OSError, ValueError) as e:
-            raise TargetError(f"{what}: cannot load debug info: {_short(e)}")
+            raise TargetError(f"{what}: cannot load debug info: {_short(e)}") from e
     try:
         prog.type("struct page")
     except LookupError:
@@ -165,13 +166,14 @@ def open_target(vmcore: Optional[str] = None, qemu: Optional[str] = None,
             why = ("the vmlinux given does not match this kernel's build ID"
                    if any("did not match" in m for m in drgn_log.messages)
                    else "; ".join(drgn_log.messages[:1]) or "no usable debug info in it")
-            raise TargetError(f"{what}: no kernel debug info: {why}")
+            raise TargetError(f"{what}: no kernel debug info: {why}") from None
         raise TargetError(f"{what}: no kernel debug info found "
-                          "(pass the matching vmlinux with -s)")
+                          "(pass the matching vmlinux with -s)") from None
     try:
         prog["mem_section"]
     except LookupError:
-        raise TargetError(f"{what}: the kernel has no SPARSEMEM mem_section (or its debug info is incomplete)")
+        raise TargetError(f"{what}: the kernel has no SPARSEMEM mem_section "
+                          "(or its debug info is incomplete)") from None
     return prog
 
 

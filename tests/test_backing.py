@@ -17,9 +17,10 @@ from drgn_vmemmap.backing import (
     self_hosted_runs,
     vmemmap_backing,
 )
-from conftest import kernel_config, pagetable_faults
 from drgn_vmemmap.model import memory_map
 from drgn_vmemmap.pagetable import Mapping, PageTableWalker, _append, translate
+
+from conftest import kernel_config, pagetable_faults
 
 #: Block states as sysfs prints them.
 SYSFS_STATE = {"MEM_ONLINE": "online", "MEM_OFFLINE": "offline",
@@ -98,8 +99,9 @@ def test_hvo_remap_seen():
     sees the folio's 8 vmemmap pages on one frame (the first), the other 7
     frames of the block's vmemmap back nothing, and the block's 512-page range
     has them as 7 holes (505 frames)."""
-    from conftest import fixture_program, manifests
     from drgn_vmemmap.context import Context
+
+    from conftest import fixture_program, manifests
     seen = 0
     for name, manifest in manifests().items():
         for f in manifest.get("faults", []):

@@ -7,10 +7,11 @@ none more.  The self-hosted ranges must equal the guest's ground truth.
 
 import pytest
 
-from conftest import fixture_program, manifests, pagetable_faults
 from drgn_vmemmap import check
 from drgn_vmemmap.report import exit_status
 from drgn_vmemmap.rules import RULES
+
+from conftest import fixture_program, manifests, pagetable_faults
 
 MANIFESTS = manifests()
 NAMES = sorted(MANIFESTS)
@@ -162,7 +163,8 @@ def test_removed_dimms_leave_nothing(name, reports):
         assert d["blocks"] == list(range(start // f.pages_per_block, end // f.pages_per_block))
         assert not set(d["blocks"]) & set(mm.blocks)
         assert not [s for s in mm.sections.values() if s.start_pfn < end and start < s.end_pfn]
-        assert not [e for e in extents if e.described_start_pfn < end and start < e.described_end_pfn]
+        assert not [e for e in extents
+                    if e.described_start_pfn < end and start < e.described_end_pfn]
         assert not [r for r in report.ranges if r.block in d["blocks"]]
         assert not [v for v in report.violations + report.not_checked
                     if v.pfn_start is not None and v.pfn_start < end and start < v.pfn_end]

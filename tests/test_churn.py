@@ -26,8 +26,6 @@ import re
 import time
 
 import pytest
-
-from conftest import fixture_program, manifests
 from test_live import (  # noqa: F401 (the helpers boot vmcores' Guest)
     Live,
     boot,
@@ -42,6 +40,8 @@ from test_live import (  # noqa: F401 (the helpers boot vmcores' Guest)
 )
 
 from drgn_vmemmap import check
+
+from conftest import fixture_program, manifests
 
 # The module (the package's ``check`` attribute is the function).
 check_mod = importlib.import_module("drgn_vmemmap.check")

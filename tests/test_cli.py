@@ -286,8 +286,9 @@ def test_version():
 def test_unknown_rule_from_python_is_a_value_error():
     """From Python, a misspelt rule raises ValueError listing the known rules,
     before anything is read (it is not blamed on the kernel's debug info)."""
-    from conftest import fixture_program
     from drgn_vmemmap import check
+
+    from conftest import fixture_program
     with pytest.raises(ValueError) as e:
         check(fixture_program("6.12-hotplug-basic"), rules=["vmemmap-unmarkd"])
     assert "vmemmap-unmarkd" in str(e.value) and "vmemmap-unmarked" in str(e.value)

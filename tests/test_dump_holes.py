@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from drgn.helpers.linux.mm import for_each_memory_block, virt_to_phys
 
-from conftest import fixture_program, manifest_of, vmlinux_for
 from drgn_vmemmap import check
 from drgn_vmemmap.report import exit_status
 from drgn_vmemmap.target import open_target
 from tools.dumpedit import exclude_pages
 from tools.elfcore import write_elf
+
+from conftest import fixture_program, manifest_of, vmlinux_for
 
 NAME = "6.12-hotplug-basic"
 PAGE = 4096

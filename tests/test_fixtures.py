@@ -8,8 +8,9 @@ import drgn
 import pytest
 from drgn.helpers.linux.mm import decode_memory_block_state, for_each_memory_block
 
-from conftest import FIXTURES, manifests, vmlinux_for
 from drgn_vmemmap.target import decompressed
+
+from conftest import FIXTURES, manifests, vmlinux_for
 
 MANIFESTS = manifests()
 

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Set
 
 import pytest
-
 from test_live import (  # also puts the repository on sys.path
     REPO,
     boot,
@@ -58,10 +57,10 @@ from test_live import (  # also puts the repository on sys.path
     sysfs_blocks,
     truth,
 )
-from vmcores.guest import BUSYBOX, INIT
-from vmcores.paths import CACHE
 
 import drgn_vmemmap
+from vmcores.guest import BUSYBOX, INIT
+from vmcores.paths import CACHE
 
 KEY = "6.12"
 #: Bump when the layout of the cached archive changes.

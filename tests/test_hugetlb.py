@@ -8,9 +8,10 @@ in the page tables), and one without the mark must not.
 
 import pytest
 
-from conftest import capture_overwrote, fixture_program, kernel_config, manifests
 from drgn_vmemmap import check
 from drgn_vmemmap.context import Context
+
+from conftest import capture_overwrote, fixture_program, kernel_config, manifests
 
 MANIFESTS = manifests()
 

@@ -18,9 +18,10 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, KERNELS, REPO, fixture_program, manifests
 from drgn_vmemmap import check
 from drgn_vmemmap.report import exit_status
+
+from conftest import FIXTURES, KERNELS, REPO, fixture_program, manifests
 
 MANIFESTS = manifests()
 KDUMPS = sorted(n for n, m in MANIFESTS.items()

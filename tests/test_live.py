@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # vmcores is not installed, only drgn_vmemmap
     sys.path.insert(0, str(REPO))
 
+from drgn_vmemmap.target import decompressed  # noqa: E402
 from vmcores import truth  # noqa: E402
 from vmcores.fixture import expected_vmemmap_pages  # noqa: E402
 from vmcores.guest import Guest, build_initramfs  # noqa: E402
 from vmcores.scenarios import CMDLINE  # noqa: E402
-from drgn_vmemmap.target import decompressed  # noqa: E402
 
 KERNELS = REPO / "vmcores" / "kernels"
 PAGE_SIZE = 4096

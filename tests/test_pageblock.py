@@ -21,10 +21,11 @@ from drgn import (
     host_platform,
 )
 
-from conftest import fixture_program
 from drgn_vmemmap.context import vmemmap_area_pages
 from drgn_vmemmap.features import _pageblock_order
 from drgn_vmemmap.model import memory_map
+
+from conftest import fixture_program
 
 
 def mock(symbols=(), nr_orders=11, variable=None):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, KERNELS, capture_overwrote, manifests, vmlinux_for
 from drgn_vmemmap.triage import (
     DumpInfo,
     VmlinuxIndex,
@@ -24,6 +23,8 @@ from drgn_vmemmap.triage import (
     find_dumps,
     pair_vmlinux,
 )
+
+from conftest import FIXTURES, KERNELS, capture_overwrote, manifests, vmlinux_for
 
 MANIFESTS = manifests()
 

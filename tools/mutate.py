@@ -357,7 +357,7 @@ class Driver:
         except (_Hang, _Died) as e:
             self.stop()
             raise RuntimeError(f"the checker worker did not start ({type(e).__name__}); "
-                               f"see {self.log_path}")
+                               f"see {self.log_path}") from e
         if not hello.get("ready"):
             self.stop()
             raise RuntimeError(f"the checker worker cannot open {self.core}: "
@@ -729,7 +729,7 @@ class Subject:
         #: pages (the manifest: the block's zone, and kpageflags' reserved).
         self.vmemmap_zone: Dict[int, Optional[int]] = {}
         self.vmemmap_reserved: Dict[int, Optional[bool]] = {}
-        for bid, (start, end) in self.self_hosted.items():
+        for bid, (start, _end) in self.self_hosted.items():
             zones = self.truth_blocks[bid].get("valid_zones") or []
             zname = _ZONE_ENUM.get(zones[0]) if len(zones) == 1 else None
             self.vmemmap_zone[bid] = k.zones.index(zname) if zname in k.zones else None
