@@ -7,7 +7,10 @@ for them), the installed files of drgn (with ``_drgn*.so`` and drgn.libs:
 libdw, libelf, libkdumpfile...), numpy (without its tests) and tabulate, this
 package with a dist-info naming its ``drgn.plugins`` entry point, and the
 kernel's decompressed vmlinux as ``/vmlinux``.  Paths mirror the host's
-(``sys.base_prefix`` is the same inside), so nothing needs configuring.
+(``sys.base_prefix`` is the same inside), so nothing needs configuring.  Run
+from a virtual environment, the guest gets that environment too (its
+``pyvenv.cfg``, its ``bin/python3`` pointing at the copied interpreter, and
+the distributions from its site-packages), and runs its ``python3``.
 
 The big part (interpreter, libraries, vmlinux) is one uncompressed cpio
 archive cached under ``vmcores.paths.CACHE / "guest-drgn"``, keyed by
@@ -37,6 +40,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -66,9 +70,13 @@ KEY = "6.12"
 #: Bump when the layout of the cached archive changes.
 BUILDER_VERSION = 1
 PREFIX = Path(sys.base_prefix)
+#: The virtual environment the tests run in, if any.
+VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix else None
 PYVER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 STDLIB = PREFIX / "lib" / PYVER
-SITE = STDLIB / "site-packages"
+#: Where this environment installs pure-Python packages (a venv's
+#: site-packages, Debian's /usr/local/lib/python3.X/dist-packages...).
+SITE = Path(sysconfig.get_paths()["purelib"])
 #: Top-level standard-library entries left out.
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "turtle.py", "ensurepip",
                "lib2to3", "pydoc_data", "site-packages", "__phello__", "venv"}
@@ -77,7 +85,7 @@ DYNLOAD_SKIP = re.compile(r"^(_test|_xx|xx|_tkinter|_curses|_dbm|_gdbm|_sqlite3|
                           r"ossaudiodev|_ctypes_test|audioop|spwd)")
 DISTS = ("drgn", "numpy", "tabulate")
 #: Inside a guest: the interpreter's bin directory first, a writable HOME.
-ENV = (f"export PATH={PREFIX}/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 "
+ENV = (f"export PATH={f'{VENV}/bin:' if VENV else ''}{PREFIX}/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 "
        "PYTHONHASHSEED=0; cd /tmp; ")
 DRGN_CODE = ("import sys; from drgn.commands import run_command; "
              "sys.exit(run_command(prog, 'vmemmap check --format json'))")
@@ -136,7 +144,7 @@ def _dist_files(name: str) -> List[Path]:
     out = []
     for f in dist.files or ():
         path = Path(os.path.normpath(dist.locate_file(f)))
-        if str(f).startswith("../") and path.parent != PREFIX / "bin":
+        if str(f).startswith("../") and path.parent != Path(sys.prefix) / "bin":
             continue
         if not path.is_file() or _skip_file(str(f)):
             continue
@@ -150,7 +158,7 @@ def _dists() -> Dict[str, str]:
 
 def base_key(vmlinux: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([BUILDER_VERSION, sys.version, str(PREFIX), _dists(),
+    h.update(json.dumps([BUILDER_VERSION, sys.version, str(PREFIX), str(VENV), _dists(),
                          Path(vmlinux).name, os.path.getsize(vmlinux)]).encode())
     return h.hexdigest()[:16]
 
@@ -181,6 +189,16 @@ def build_base(vmlinux: str) -> Path:
             _copy(f, root)
         for link in ("python3", "python"):
             (root / (PREFIX / "bin" / link).relative_to("/")).symlink_to(PYVER)
+        if VENV is not None:
+            # The environment's interpreter is a link to the base one, which
+            # finds pyvenv.cfg beside its bin/ and the environment's
+            # site-packages from there.
+            _copy(VENV / "pyvenv.cfg", root)
+            vbin = root / (VENV / "bin").relative_to("/")
+            vbin.mkdir(parents=True, exist_ok=True)
+            for link in (PYVER, "python3", "python"):
+                if not (vbin / link).exists():
+                    (vbin / link).symlink_to(binary)
         # Every shared object the interpreter, extension modules and bundled
         # libraries load, and what those load in turn.
         elves = [f for f in files if f == binary or ".so" in f.name]
@@ -241,8 +259,6 @@ def build_top(dest: Path) -> Path:
 def guest(tmp_path_factory):
     if sys.version_info < (3, 11):
         pytest.skip("needs tomllib")
-    if sys.prefix != sys.base_prefix:
-        pytest.skip("copies the base interpreter's own site-packages (not a venv's)")
     if shutil.which("ldd") is None or shutil.which("cpio") is None:
         pytest.skip("needs ldd and cpio")
     _, vmlinux = kernel_or_skip(KEY)
