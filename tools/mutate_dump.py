@@ -54,7 +54,9 @@ import drgn
 from drgn import FaultError, Object, sizeof
 from drgn.helpers.linux.mm import follow_phys, virt_to_phys
 
-from tools import mutate as M
+from tools import mutate as M  # the runner: Outcome
+from tools import mutate_catalogue as C
+from tools import mutate_kernel as K
 from tools.dumpedit import exclude_in_place
 from tools.elfcore import file_offset
 
@@ -102,7 +104,7 @@ def _xa_nodes(prog: drgn.Program) -> List[Tuple[int, Set[int]]]:
     return out
 
 
-def _vmemmap_tables(s: "M.Subject") -> Dict[int, Tuple[int, int]]:
+def _vmemmap_tables(s: "K.Subject") -> Dict[int, Tuple[int, int]]:
     """Physical address -> (first pfn, end pfn) whose struct pages the
     table maps, for every PMD and PTE table under the vmemmap of the dump's
     blocks (x86-64, 4-level paging; {} elsewhere)."""
@@ -157,7 +159,7 @@ def _vmemmap_tables(s: "M.Subject") -> Dict[int, Tuple[int, int]]:
 class DumpFacts:
     """Where the structures the faults hit lie, from the clean dump."""
 
-    def __init__(self, s: "M.Subject") -> None:
+    def __init__(self, s: "K.Subject") -> None:
         prog, k = s.prog, s.k
         self.record_page: Dict[int, int] = {}  # block -> page of its memory_block
         self.altmap_page: Dict[int, int] = {}
@@ -188,7 +190,7 @@ class DumpFacts:
         return direct, under
 
 
-def facts(s: "M.Subject") -> DumpFacts:
+def facts(s: "K.Subject") -> DumpFacts:
     f = getattr(s, "_dump_facts", None)
     if f is None:
         f = s._dump_facts = DumpFacts(s)
@@ -198,7 +200,7 @@ def facts(s: "M.Subject") -> DumpFacts:
 # --- drawing ---------------------------------------------------------------------------
 
 
-def _frame_of(s: "M.Subject", pfn: int) -> Optional[int]:
+def _frame_of(s: "K.Subject", pfn: int) -> Optional[int]:
     """Physical frame backing ``pfn``'s struct page."""
     try:
         return follow_phys(s.init_mm, s.k.vmemmap + pfn * s.k.page_bytes).value_() \
@@ -207,14 +209,14 @@ def _frame_of(s: "M.Subject", pfn: int) -> Optional[int]:
         return None
 
 
-def _described(s: "M.Subject", frame: int, pfn: int) -> Set[int]:
+def _described(s: "K.Subject", frame: int, pfn: int) -> Set[int]:
     """Every pfn whose struct page lies on ``frame`` (HVO's aliases too)."""
     per = s.k.page_size // s.k.page_bytes
     firsts = set(s.frame_users.get(frame, ())) | {pfn - pfn % per}
     return {first + i for first in firsts for i in range(per)}
 
 
-def _memmap_frames(s: "M.Subject", bid: int) -> Optional[List[int]]:
+def _memmap_frames(s: "K.Subject", bid: int) -> Optional[List[int]]:
     """Every frame backing block ``bid``'s memmap, None if one is missing
     or also backs struct pages outside the block."""
     k = s.k
@@ -229,10 +231,10 @@ def _memmap_frames(s: "M.Subject", bid: int) -> Optional[List[int]]:
     return sorted(set(frames))
 
 
-def draw(s: "M.Subject", rng: random.Random, index: int) -> Optional["M.Mutation"]:
+def draw(s: "K.Subject", rng: random.Random, index: int) -> Optional["C.Mutation"]:
     k = s.k
     f = facts(s)
-    kind = M._weighted(rng, KINDS)
+    kind = C._weighted(rng, KINDS)
     hot = [b for b in s.hotplugged if b in s.blocks]
     pool = hot if hot and rng.random() < 0.7 else sorted(s.blocks)
     bid = rng.choice(pool)
@@ -283,13 +285,13 @@ def draw(s: "M.Subject", rng: random.Random, index: int) -> Optional["M.Mutation
     for pa in ctx.get("paddrs", ()):
         if file_offset(s.segments, pa, k.page_size) is None:
             return None  # not in the dump to begin with
-    return M.Mutation(index, "dump", bid, kind, 0, 0, 0, 1, (), ctx)
+    return C.Mutation(index, "dump", bid, kind, 0, 0, 0, 1, (), ctx)
 
 
 # --- running and judging ------------------------------------------------------------------
 
 
-def _overwrite(s: "M.Subject", frames: Iterable[int], seed: int) -> List[Tuple[int, bytes]]:
+def _overwrite(s: "K.Subject", frames: Iterable[int], seed: int) -> List[Tuple[int, bytes]]:
     """Random bytes over ``frames`` in the working file; the old bytes."""
     rng = random.Random(seed)
     saved = []
@@ -311,7 +313,7 @@ def _ranges(report: Dict[str, Any]) -> Dict[int, Tuple[int, int]]:
     return {r["block"]: (r["start_pfn"], r["nr_pages"]) for r in report["ranges"]}
 
 
-def judge(s: "M.Subject", m: "M.Mutation", status: str,
+def judge(s: "K.Subject", m: "C.Mutation", status: str,
           report: Optional[Dict[str, Any]], error: Optional[str]) -> List[str]:
     """What the outcome got wrong against the expectation (empty: met)."""
     ctx = m.context
@@ -323,7 +325,7 @@ def judge(s: "M.Subject", m: "M.Mutation", status: str,
         return [f"{status}: {error}"]
     assert report is not None
     wrong: List[str] = []
-    new = [v for v in report["violations"] if M._vkey(v) not in s.baseline_violations]
+    new = [v for v in report["violations"] if K._vkey(v) not in s.baseline_violations]
     if new:
         wrong.append("new violations: " + ", ".join(
             f"{v['rule']} {v['pfn_start']:#x}-{v['pfn_end']:#x} block {v.get('block')}"
@@ -369,7 +371,7 @@ def judge(s: "M.Subject", m: "M.Mutation", status: str,
     return wrong
 
 
-def run_one(s: "M.Subject", m: "M.Mutation", timeout: int = 60) -> "M.Outcome":
+def run_one(s: "K.Subject", m: "C.Mutation", timeout: int = 60) -> "M.Outcome":
     ctx = m.context
     restore = None
     saved: List[Tuple[int, bytes]] = []
@@ -388,7 +390,7 @@ def run_one(s: "M.Subject", m: "M.Mutation", timeout: int = 60) -> "M.Outcome":
     error = None if status == "ok" else answer
     wrong = judge(s, m, status, report, error)
     flagged = {v["rule"] for v in (report or {}).get("violations", [])
-               if M._vkey(v) not in s.baseline_violations}
+               if K._vkey(v) not in s.baseline_violations}
     expect = {ctx["expect"]}
     if wrong:
         # A refusal or crash the expectation does not allow is a miss with
