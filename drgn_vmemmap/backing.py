@@ -38,11 +38,12 @@ none of its present sections is early.
 """
 
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 from drgn import Architecture, Program, ProgramFlags
 from drgn.helpers.common.prog import takes_program_or_default
 
+from .features import Features
 from .model import MemoryMap, memory_map
 from .pagetable import Mapping, PageTableWalker, translate
 from .records import state_name
@@ -113,7 +114,7 @@ class Extent(NamedTuple):
         return self.frame_start_pfn + self.nr_frames
 
 
-class Backing(list):
+class Backing(list[Extent]):
     """
     A list of :class:`Extent`, in described-pfn order, with the constants
     needed to map a frame back to the pfns it describes.
@@ -201,7 +202,7 @@ class _Piece(NamedTuple):
     aliased: bool
 
 
-def _pieces(f, mappings: List[Mapping]) -> Iterable[_Piece]:
+def _pieces(f: Features, mappings: List[Mapping]) -> Iterable[_Piece]:
     shift = f.page_shift
     page = 1 << shift
     sp = f.layout.size
@@ -227,6 +228,7 @@ def _pieces(f, mappings: List[Mapping]) -> Iterable[_Piece]:
                     # describing its own section, are not HVO).
                     offset = (va0 - m.va) % m.alias if m.alias else 0
                     aliased = bool(m.alias) and offset + (va1 - va0) > m.alias
+                    assert m.pa is not None  # a mapped run has a physical address
                     if aliased:
                         pa0 = m.pa
                         nframes = -(-m.alias // page)
@@ -312,7 +314,7 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
     live = bool(prog.flags & ProgramFlags.IS_LIVE)
     if not live and not slow:
         try:
-            return prog.cache[key]
+            return cast(Backing, prog.cache[key])
         except KeyError:
             pass
     t0 = time.perf_counter()
@@ -359,6 +361,8 @@ def self_hosted_runs(mm: MemoryMap, extents: Sequence[Extent]) -> List[SelfHoste
     frames: Dict[int, List[Tuple[int, int]]] = {}
     for e in extents:
         if e.kind == "self-hosted":
+            # Self-hosted frames are mapped: they have a frame and a host block.
+            assert e.host_block is not None and e.frame_start_pfn is not None
             frames.setdefault(e.host_block, []).append(
                 (e.frame_start_pfn, e.frame_start_pfn + e.nr_frames))
     out = []
@@ -394,6 +398,7 @@ def frames_to_described(extents: Backing, frame_pfn: int) -> List[Tuple[int, int
         if e.aliased:
             out.append((e.described_start_pfn, e.described_end_pfn, e))
             continue
+        assert e.pa is not None  # an extent with frames has a physical address
         a = max(lo, e.pa)
         b = min(hi, e.pa + e.size)
         va0 = e.va + (a - e.pa)

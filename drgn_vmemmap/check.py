@@ -101,14 +101,14 @@ def _run_rules(ctx: Context, rules: Optional[Iterable[str]]) -> _Results:
     return violations, not_checked, holds, notes
 
 
-def _snapshot(mm: MemoryMap) -> Dict[int, tuple]:
+def _snapshot(mm: MemoryMap) -> Dict[int, Tuple[object, ...]]:
     """Per block id: what a live kernel may change under a check (the block's
     device, state, zone and vmemmap record, and its sections' words)."""
     per = mm.features.sections_per_block
-    out: Dict[int, tuple] = {}
+    out: Dict[int, Tuple[object, ...]] = {}
     for b in mm.blocks.values():
         out[b.id] = (b.address, b.state, b.nid, b.zone, b.vmemmap_pages, b.altmap, b.error)
-    sections: Dict[int, list] = {}
+    sections: Dict[int, List[Tuple[int, int, int]]] = {}
     for s in mm.sections.values():
         sections.setdefault(s.nr // per, []).append((s.nr, s.flags, s.mem_map))
     for bid, secs in sections.items():
@@ -153,7 +153,7 @@ def _hotplug_epoch(prog: Program) -> _Epoch:
     return _Epoch(seqnum, busy)
 
 
-def _changed_blocks(snapshots: List[Dict[int, tuple]]) -> List[int]:
+def _changed_blocks(snapshots: List[Dict[int, Tuple[object, ...]]]) -> List[int]:
     """Blocks that were not the same in every snapshot."""
     ids = set().union(*snapshots)
     return sorted(bid for bid in ids if len({repr(s.get(bid)) for s in snapshots}) > 1)
@@ -219,7 +219,7 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     t0 = time.monotonic()
     live = target_kind(prog) != "vmcore"
     raced = False
-    snapshots: List[Dict[int, tuple]] = []
+    snapshots: List[Dict[int, Tuple[object, ...]]] = []
     for attempt in range(1 + (LIVE_RETRIES if live else 0)):  # noqa: B007 (read after)
         e0 = _hotplug_epoch(prog) if live else _Epoch(None, False)
         ctx = Context(prog, vmemmap_page_type, progress, jobs)

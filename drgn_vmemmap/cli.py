@@ -25,7 +25,10 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, TextIO
+
+if TYPE_CHECKING:
+    from drgn import Program
 
 __all__ = ("main",)
 
@@ -71,7 +74,7 @@ def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse
         target_options(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    def output_options(parser: argparse.ArgumentParser, default=None) -> None:
+    def output_options(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:
         parser.add_argument("--format", choices=("table", "json"), default=default,
                             help="output format (default: table on a terminal, else json)")
         parser.add_argument("--vmemmap-page-type", metavar="VALUE", default=default,
@@ -93,7 +96,7 @@ def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse
     sub.required = True
     _add = sub.add_parser
 
-    def add_parser(name: str, **kw):
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
         parents = [common] + ([targeted] if name != "triage" else [])
         return _add(name, parents=parents, formatter_class=_formatter, **kw)
 
@@ -128,11 +131,11 @@ def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse
     return p
 
 
-def _default_format(args) -> str:
+def _default_format(args: argparse.Namespace) -> str:
     return args.format or ("table" if sys.stdout.isatty() else "json")
 
 
-def run_command(prog, args, out=None) -> int:
+def run_command(prog: "Program", args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     """Run one subcommand on an open program; print; return the exit status."""
     from . import commands
 

@@ -8,7 +8,7 @@ returns ``(json-able data, table text)``.
 
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 from drgn import Program
 from tabulate import tabulate
@@ -25,7 +25,7 @@ __all__ = ("cmd_blocks", "cmd_explain", "cmd_features", "cmd_ranges", "cmd_secti
            "explain", "progress_bar", "run_check")
 
 
-def progress_bar(stream=None) -> Callable[[int, int], None]:
+def progress_bar(stream: Optional[TextIO] = None) -> Callable[[int, int], None]:
     """A progress callback that redraws one stderr line at most 10 times a second."""
     stream = stream or sys.stderr
     state = {"last": 0.0, "t0": time.monotonic()}

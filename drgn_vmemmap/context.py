@@ -9,7 +9,7 @@ It sits between the model (features, model, scan, backing) and the rules.
 """
 
 import bisect
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import numpy as np
 from drgn import FaultError, Program
@@ -25,6 +25,8 @@ from .target import target_kind
 __all__ = ("Context", "Progress", "self_hosted_ranges", "vmemmap_area_pages")
 
 Progress = Callable[[int, int], None]
+
+_T = TypeVar("_T")
 
 
 class Context:
@@ -47,12 +49,12 @@ class Context:
         self.progress = progress
         self.pages_scanned = 0
         self.unreadable: List[List[int]] = []
-        self._extents = None
+        self._extents: Optional[_backing.Backing] = None
         self._extent_starts: Optional[List[int]] = None
         self._range_list: Optional[List[Range]] = None
         self._range_starts: List[int] = []
         self._ranges: Optional[Dict[int, Range]] = None
-        self._scans: Dict[Tuple[int, int], object] = {}
+        self._scans: Dict[Tuple[int, int], _scan.PageColumns] = {}
         self._hot: Optional[Dict[int, bool]] = None
         self._page_offset: Optional[int] = None
         self._folios: Optional[List[Tuple[int, int, bool]]] = None
@@ -90,13 +92,13 @@ class Context:
         area was ever enabled (``nr_swapfiles``) or is now."""
         prog = self.prog
         try:
-            total = prog["total_swap_pages"].value_()
+            total: int = prog["total_swap_pages"].value_()
         except (KeyError, LookupError):
             return False
         except FaultError:
             return True
         try:
-            files = prog["nr_swapfiles"].value_()
+            files: int = prog["nr_swapfiles"].value_()
         except (KeyError, LookupError, FaultError):
             files = 1
         return total > 0 or files > 0
@@ -107,7 +109,7 @@ class Context:
             self._hot = _backing.hotplugged_blocks(self.mm)
         return self._hot
 
-    def xarray_blocks(self) -> Optional[Dict[int, int]]:
+    def xarray_blocks(self) -> Optional[Dict[int, Optional[int]]]:
         from drgn.helpers.linux.xarray import xa_load
 
         try:
@@ -195,11 +197,11 @@ class Context:
 
     # --- struct pages --------------------------------------------------------
 
-    def _note_unreadable(self, cols, start: int) -> None:
+    def _note_unreadable(self, cols: _scan.PageColumns, start: int) -> None:
         for s, e in _scan.unreadable_ranges(cols):
             self.unreadable.append([s, e])
 
-    def scan(self, start: int, end: int):
+    def scan(self, start: int, end: int) -> _scan.PageColumns:
         key = (start, end)
         if key not in self._scans:
             cols = _scan.scan_pfns(self.prog, start, end)
@@ -208,17 +210,17 @@ class Context:
             self._scans[key] = cols
         return self._scans[key]
 
-    def has_type(self, cols) -> np.ndarray:
+    def has_type(self, cols: _scan.PageColumns) -> np.ndarray:
         return _scan.has_type(cols, self.features)
 
-    def type_is(self, cols, name: str) -> np.ndarray:
+    def type_is(self, cols: _scan.PageColumns, name: str) -> np.ndarray:
         return _scan.type_is(cols, name, self.features)
 
-    def type_name(self, cols, i: int) -> str:
+    def type_name(self, cols: _scan.PageColumns, i: int) -> Optional[str]:
         return _scan.type_name(int(cols.page_type[i]), self.features)
 
-    def map_all(self, fn: Callable[[int, int, object], object]
-                ) -> Iterator[Tuple[int, int, object, Optional[str]]]:
+    def map_all(self, fn: Callable[[int, int, _scan.PageColumns], _T]
+                ) -> Iterator[Tuple[int, int, Optional[_T], Optional[str]]]:
         """
         ``fn(start, end, columns)`` over the struct pages of every online
         section with a memmap; yields ``(start, end, fn's result, None)``, or
@@ -302,7 +304,7 @@ class Context:
                 self.hugetlb_problems.append(f"hstate {i} not readable: {e}")
                 continue
             for what, head in lists:
-                seen = set()
+                seen: Set[int] = set()
                 try:
                     for page in list_for_each_entry("struct page", head, "lru"):
                         addr = page.value_()
@@ -346,7 +348,7 @@ def vmemmap_area_pages(mm: MemoryMap, block: Optional[Block], start_pfn: int,
 
 
 def self_hosted_ranges(prog: Program, mm: Optional[MemoryMap] = None,
-                       extents=None) -> List[Range]:
+                       extents: Optional[Sequence["_backing.Extent"]] = None) -> List[Range]:
     """
     Self-hosted vmemmap ranges found from the page tables, one per block.
 

@@ -37,6 +37,7 @@ from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from drgn import FaultError, Program
 
+from .features import Features
 from .model import MemoryMap
 
 __all__ = ("DamagedBlock", "STRIDE", "PLAUSIBLE", "CAUSE", "damaged_blocks")
@@ -74,7 +75,9 @@ def _type_ok(v: int, scheme: str, codes: Set[int]) -> bool:
     return v >= 0xF0000000  # inverted: a type bit cleared under PAGE_TYPE_BASE
 
 
-def _zone_spans(prog: Program, f) -> Optional[Dict[Tuple[int, int], Tuple[int, int]]]:
+def _zone_spans(
+    prog: Program, f: Features
+) -> Optional[Dict[Tuple[int, int], Tuple[int, int]]]:
     """``(nid, zone index) -> (first pfn, end pfn)`` of every populated zone."""
     from drgn.helpers.linux.nodemask import for_each_online_node
 

@@ -8,10 +8,25 @@ memory block records its vmemmap pages, and the layout of ``struct page``.
 Results are cached per program under ``"drgn_vmemmap."`` keys.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+    cast,
+    overload,
+)
 
 from drgn import FaultError, Program, TypeKind, sizeof
 from drgn.helpers.common.prog import takes_program_or_default
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = (
     "Features",
@@ -97,13 +112,29 @@ class Features(NamedTuple):
     pageblock_order: Optional[int] = None
     pageblock_order_source: str = ""
 
-    def page_node(self, flags):
+    @overload
+    def page_node(self, flags: int) -> int: ...
+
+    @overload
+    def page_node(self, flags: "npt.NDArray[np.uint64]") -> "npt.NDArray[np.integer[Any]]": ...
+
+    def page_node(
+        self, flags: Union[int, "npt.NDArray[np.uint64]"]
+    ) -> Union[int, "npt.NDArray[np.integer[Any]]"]:
         """Node ids of ``flags`` (an int or a numpy u64 array)."""
         if not self.nodes_shift:
             return flags * 0
         return flags >> (64 - self.nodes_shift)
 
-    def page_zone(self, flags):
+    @overload
+    def page_zone(self, flags: int) -> int: ...
+
+    @overload
+    def page_zone(self, flags: "npt.NDArray[np.uint64]") -> "npt.NDArray[np.integer[Any]]": ...
+
+    def page_zone(
+        self, flags: Union[int, "npt.NDArray[np.uint64]"]
+    ) -> Union[int, "npt.NDArray[np.integer[Any]]"]:
         """Zone indexes of ``flags`` (an int or a numpy u64 array)."""
         shift = 64 - self.nodes_shift - self.zones_shift
         return (flags >> shift) & ((1 << self.zones_shift) - 1)
@@ -122,10 +153,10 @@ def _vmemmap_base(prog: Program) -> int:
     it through the first ``mem_section`` root, which a filtered dump can
     lack; x86-64 also keeps it in ``vmemmap_base`` (KASLR)."""
     try:
-        return prog["vmemmap"].value_()
+        return int(prog["vmemmap"].value_())
     except FaultError:
         try:
-            return prog["vmemmap_base"].value_()
+            return int(prog["vmemmap_base"].value_())
         except (KeyError, LookupError):
             raise
 
@@ -140,7 +171,7 @@ def _enumerators(prog: Program, type_name: str) -> Dict[str, int]:
 
 def _constant(prog: Program, name: str) -> Optional[int]:
     try:
-        return prog.constant(name).value_()
+        return int(prog.constant(name).value_())
     except (LookupError, ValueError):
         return None
 
@@ -151,7 +182,7 @@ def _member_offset(prog: Program, type_name: str, *names: str) -> int:
     t = prog.type(type_name)
     for name in names:
         try:
-            return offsetof(t, name)
+            return int(offsetof(t, name))
         except LookupError:
             continue
     return -1
@@ -308,7 +339,7 @@ _ZONE_NAMES = {"ZONE_DMA": "DMA", "ZONE_DMA32": "DMA32", "ZONE_NORMAL": "Normal"
                "ZONE_HIGHMEM": "HighMem", "ZONE_MOVABLE": "Movable", "ZONE_DEVICE": "Device"}
 
 
-def _node_zone_layout(prog: Program):
+def _node_zone_layout(prog: Program) -> Tuple[int, int, List[str]]:
     # NODES_SHIFT is a config option with no debug info of its own, but
     # node_data[] is declared with MAX_NUMNODES = 1 << NODES_SHIFT entries.
     nodes_shift = 0
@@ -337,7 +368,7 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
     """
     key = f"drgn_vmemmap.features.{vmemmap_page_type}"
     try:
-        return prog.cache[key]
+        return cast(Features, prog.cache[key])
     except KeyError:
         pass
 

@@ -7,7 +7,7 @@ memory-block helpers.  Reading a block or section that a filtered dump lacks
 does not raise: the record says so.
 """
 
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from drgn import FaultError, Object, ObjectNotFoundError, Program, TypeKind, sizeof
 from drgn.helpers.common.prog import takes_program_or_default
@@ -123,7 +123,7 @@ def _zone_name(zone: Object) -> Optional[str]:
     if not zone:
         return None
     try:
-        return zone.name.string_().decode()
+        return str(zone.name.string_().decode())
     except FaultError:
         return "?"
 
@@ -178,7 +178,8 @@ def read_block(prog: Program, mem: Object, f: Features, index: Optional[int] = N
 
 
 def _sections_root_by_root(prog: Program, f: Features, sections: Dict[int, "Section"],
-                           add, errors: List[str], why: FaultError) -> List[range]:
+                           add: Callable[[int, Object], None], errors: List[str],
+                           why: FaultError) -> List[range]:
     """
     The present sections of every ``mem_section`` root that can be read
     (``SPARSEMEM_EXTREME``: ``SECTIONS_PER_ROOT`` sections a page, roots
@@ -224,10 +225,10 @@ def _on_struct(prog: Program, e: FaultError, address: int, size: int) -> bool:
     if address <= e.address < address + size:
         return True
     try:
-        pa = virt_to_phys(Object(prog, "void *", address)).value_()
+        pa: int = virt_to_phys(Object(prog, "void *", address)).value_()
     except Exception:  # not a direct-map address: then it is not the struct
         return False
-    return pa <= e.address < pa + size
+    return bool(pa <= e.address < pa + size)
 
 
 @takes_program_or_default

@@ -14,7 +14,7 @@ side is contiguous, or where every page maps the *same* frame (the HugeTLB
 vmemmap optimisation remaps a folio's tail vmemmap pages onto one page).
 """
 
-from typing import Dict, List, NamedTuple, Optional, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from drgn import Architecture, FaultError, Program
@@ -65,6 +65,8 @@ def _append(out: List[Mapping], m: Mapping) -> None:
             if m.status != "mapped":
                 out[-1] = last._replace(size=size)
                 return
+            # Both runs are mapped, so both have a physical address.
+            assert last.pa is not None
             # The size of one aliased piece on each side (0: linear run).
             a = last.alias or last.size
             b = m.alias or m.size
@@ -82,7 +84,8 @@ def _append(out: List[Mapping], m: Mapping) -> None:
     out.append(m)
 
 
-def _segments(kind: np.ndarray, pa: np.ndarray, size: int) -> List[tuple]:
+def _segments(kind: np.ndarray, pa: np.ndarray, size: int
+              ) -> List[Tuple[int, int, int, bool]]:
     """
     Split one table's entries into runs: ``(first, last + 1, kind, alias)``.
 

@@ -15,9 +15,12 @@ The command returns the exit status the CLI would (0, 1 or 2).
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from drgn import Program
+
+if TYPE_CHECKING:
+    from drgn.commands import CustomCommandFuncDecorator
 
 __all__ = ()
 
@@ -92,7 +95,9 @@ def _register() -> None:
                 sub.add_argument("--drgn", action="store_true",
                                  help="print how to do this with drgn_vmemmap's helpers")
 
-    @linux_kernel_custom_command(
+    # drgn's decorator, typed as drgn documents it (its signature is copied
+    # by a helper that mypy does not see).
+    vmemmap_command: "CustomCommandFuncDecorator[Sequence[str]]" = linux_kernel_custom_command(
         name="vmemmap",
         description="check self-hosted vmemmap (memmap_on_memory) against the page tables",
         usage="**vmemmap** {check,ranges,blocks,sections,explain PFN,features} "
@@ -100,6 +105,8 @@ def _register() -> None:
         long_description=parser.format_help(),
         parse=parse_shell_command,
     )
+
+    @vmemmap_command
     def _cmd_vmemmap(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -> int:
         from .cli import run_command
         from .errors import describe

@@ -84,7 +84,8 @@ class Note(NamedTuple):
 
 class Holds(NamedTuple):
     rule: str
-    count: int = 1
+    # A field named like tuple.count(), which it shadows (as at runtime).
+    count: int = 1  # type: ignore[assignment]
 
 
 Result = Union[Violation, NotChecked, Holds, Note]

@@ -8,7 +8,7 @@ see the README.
 """
 
 import json
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .records import NotChecked, Note, Range, Violation
 
@@ -135,7 +135,7 @@ def render_table(report: Report) -> str:
             headers=["severity", "pfns", "section", "block", "expected", "found"]))
     if report.not_checked:
         lines += ["", "not checked:"]
-        seen: Dict[tuple, int] = {}
+        seen: Dict[Tuple[str, str], int] = {}
         for n in report.not_checked:
             seen[(n.rule, n.reason)] = seen.get((n.rule, n.reason), 0) + 1
         for (rule, reason), count in sorted(seen.items()):

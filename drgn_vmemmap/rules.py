@@ -13,10 +13,11 @@ rule on every range ends as one of the three.
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from .context import Context
-from .records import Holds, NotChecked, Note, Result, Violation, state_name
-from .scan import flag_set, runs
+from .records import Holds, NotChecked, Note, Range, Result, Violation, state_name
+from .scan import PageColumns, flag_set, runs
 
 __all__ = ("Holds", "RULES", "Result")
 
@@ -200,9 +201,13 @@ def altmap_mismatch(ctx: Context) -> Iterator[Result]:
                         problems.append((f"free >= {found} (+ pageblock padding in force mode)",
                                          f"free = {a.free}"))
                 elif a.free != area:
-                    why = (f" ({found} frames padded to pageblocks of "
-                           f"{1 << f.pageblock_order} pages: memmap_on_memory=force)"
-                           if area != found else "")
+                    if area == found:
+                        why = ""
+                    elif f.memmap_on_memory == "force" and f.pageblock_order is not None:
+                        why = (f" ({found} frames padded to pageblocks of "
+                               f"{1 << f.pageblock_order} pages: memmap_on_memory=force)")
+                    else:  # frames with holes between them (an HVO-style remap)
+                        why = f" (the span of the {found} self-hosted frames, holes included)"
                     problems.append((f"free = {area}{why}", f"free = {a.free}"))
         if problems:
             n = max(found, ctx.vmemmap_area(b.id), a.free if a else 0,
@@ -262,6 +267,8 @@ def cross_hosted(ctx: Context) -> Iterator[Result]:
         if e.kind in ("unbacked", "unreadable", "self-hosted"):
             continue
         owner = ctx.block_id(e.described_start_pfn)
+        # The other kinds are mapped: they have frames and a host block.
+        assert e.host_block is not None and e.frame_start_pfn is not None
         host = e.host_block
         fstart, fend = e.frame_start_pfn, e.frame_start_pfn + e.nr_frames
         inside = next((r for r in ctx.ranges_overlapping(fstart, fend) if r.block != owner),
@@ -313,7 +320,7 @@ def cross_hosted(ctx: Context) -> Iterator[Result]:
 # --- page-state rules over scanned struct pages ----------------------------------
 
 
-def _marker_masks(ctx: Context, cols) -> Dict[str, np.ndarray]:
+def _marker_masks(ctx: Context, cols: PageColumns) -> Dict[str, np.ndarray]:
     """Per self-hosted marker the kernel has: which pages carry it."""
     f = ctx.features
     out = {}
@@ -326,7 +333,7 @@ def _marker_masks(ctx: Context, cols) -> Dict[str, np.ndarray]:
     return out
 
 
-def _what(r, pfn: int) -> str:
+def _what(r: Range, pfn: int) -> str:
     """How to name the pages of a block's vmemmap area from ``pfn`` on: its
     self-hosted frames, or the pageblock padding memmap_on_memory=force
     reserves (and marks) after them."""
@@ -340,7 +347,7 @@ _NO_RANGES = ("no self-hosted vmemmap: no block hosts its own memmap (memmap_on_
               "off, or no block was added with it)")
 
 
-def _not_online(ctx: Context, r) -> str:
+def _not_online(ctx: Context, r: Range) -> str:
     """Why the struct pages of range ``r``'s block are not checked."""
     b = ctx.mm.blocks.get(r.block)
     if b is not None and b.error:
@@ -385,6 +392,11 @@ def vmemmap_unmarked(ctx: Context) -> Iterator[Result]:
             yield Holds(rule)
 
 
+#: A vmemmap-page-state check: what is expected, the pages that break it, and
+#: what one of those pages (by index in the scan) has instead.
+_Check = Tuple[str, np.ndarray, Callable[[int], str]]
+
+
 def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
     rule = "vmemmap-page-state"
     f = ctx.features
@@ -409,18 +421,30 @@ def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
         cols = ctx.scan(start, end)
         ok = cols.readable & (cols.flags != np.uint64(0xFFFFFFFFFFFFFFFF))
         reserved = ((cols.flags >> reserved_bit) & np.uint64(1)).astype(bool)
+
+        def type_found(i: int, c: PageColumns = cols) -> str:
+            name = ctx.type_name(c, i)
+            assert name is not None  # asked only of pages that have a type
+            return name
+
+        def refcount_found(i: int, c: PageColumns = cols) -> str:
+            return f"refcount {int(c.refcount[i])}"
+
+        def mapping_found(i: int, c: PageColumns = cols) -> str:
+            return f"mapping {int(c.mapping[i]):#x}"
+
+        type_check: _Check
         if vmemmap_type:
             # The vmemmap page type is the expected one; its absence is
             # vmemmap-unmarked's to report, any other type is ours.
             type_check = ("no page type but vmemmap",
-                          ctx.has_type(cols) & ~ctx.type_is(cols, "vmemmap"),
-                          lambda i, c=cols: ctx.type_name(c, i))
+                          ctx.has_type(cols) & ~ctx.type_is(cols, "vmemmap"), type_found)
         else:
-            type_check = ("no page type", ctx.has_type(cols), lambda i, c=cols: ctx.type_name(c, i))
-        checks = [
+            type_check = ("no page type", ctx.has_type(cols), type_found)
+        checks: List[_Check] = [
             type_check,
-            ("refcount 1", cols.refcount != 1, lambda i, c=cols: f"refcount {int(c.refcount[i])}"),
-            ("no mapping", cols.mapping != 0, lambda i, c=cols: f"mapping {int(c.mapping[i]):#x}"),
+            ("refcount 1", cols.refcount != 1, refcount_found),
+            ("no mapping", cols.mapping != 0, mapping_found),
             ("not a compound page", (cols.compound_head & np.uint64(1)).astype(bool)
              | (((cols.flags >> np.uint64(head_bit)) & np.uint64(1)).astype(bool)
                 if head_bit is not None else False),
@@ -435,16 +459,21 @@ def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
         b = ctx.mm.blocks.get(r.block)
         if b is not None and b.nid is not None and f.nodes_shift:
             node = f.page_node(cols.flags)
+
+            def node_found(i: int, node: npt.NDArray[np.integer[Any]] = node) -> str:
+                return f"node {int(node[i])}"
+
             # nid is an int (NUMA_NO_NODE is -1): compare signed.
-            checks.append((f"node {b.nid}", node.astype(np.int64) != b.nid,
-                           lambda i, node=node: f"node {int(node[i])}"))
+            checks.append((f"node {b.nid}", node.astype(np.int64) != b.nid, node_found))
         if b is not None and b.zone in f.zone_names and f.zones_shift:
             zone = f.page_zone(cols.flags)
             want = f.zone_names.index(b.zone)
-            checks.append((f"zone {b.zone}", zone != np.uint64(want),
-                           lambda i, zone=zone: "zone " + (f.zone_names[int(zone[i])]
-                                                           if int(zone[i]) < len(f.zone_names)
-                                                           else str(int(zone[i])))))
+
+            def zone_found(i: int, zone: npt.NDArray[np.integer[Any]] = zone) -> str:
+                return "zone " + (f.zone_names[int(zone[i])] if int(zone[i]) < len(f.zone_names)
+                                  else str(int(zone[i])))
+
+            checks.append((f"zone {b.zone}", zone != np.uint64(want), zone_found))
         if vmemmap_type:
             checks.append(("PG_reserved (set with the vmemmap page type)", ~reserved,
                            lambda i: "PG_reserved clear"))
@@ -464,22 +493,22 @@ def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
             yield Holds(rule)
 
 
-def _bit(cols, bit: Optional[int]) -> np.ndarray:
+def _bit(cols: PageColumns, bit: Optional[int]) -> npt.NDArray[np.bool_]:
     """:func:`scan.flag_set`, all clear for a flag this kernel lacks."""
     return np.zeros(len(cols.flags), bool) if bit is None else flag_set(cols, bit)
 
 
-def _tail(cols) -> np.ndarray:
+def _tail(cols: PageColumns) -> npt.NDArray[np.bool_]:
     """Compound tail pages: bit 0 of ``compound_head`` (``compound_info``
     from 7.1) is set on every tail, HVO's shared tails included."""
     return (cols.compound_head & np.uint64(1)).astype(bool)
 
 
-def _compound(cols, head_bit: Optional[int]) -> np.ndarray:
+def _compound(cols: PageColumns, head_bit: Optional[int]) -> npt.NDArray[np.bool_]:
     return _tail(cols) | _bit(cols, head_bit)
 
 
-def _owner_priv_alias(cols, swapbacked: Optional[int], head_bit: Optional[int],
+def _owner_priv_alias(cols: PageColumns, swapbacked: Optional[int], head_bit: Optional[int],
                       slab_bit: Optional[int], page_offset: Optional[int],
                       typed: np.ndarray) -> np.ndarray:
     """
@@ -530,7 +559,7 @@ def marker_stray(ctx: Context) -> Iterator[Result]:
     page_offset = ctx.page_offset()
     inside = ctx.self_hosted_mask_fn()
 
-    def stray_runs(start: int, end: int, cols) -> List[Tuple[int, int, str, bool]]:
+    def stray_runs(start: int, end: int, cols: PageColumns) -> List[Tuple[int, int, str, bool]]:
         """(start, end, marker, maybe Xen's PG_pinned) of each stray run;
         runs in a worker process on large dumps (Context.map_all)."""
         out: List[Tuple[int, int, str, bool]] = []
@@ -556,6 +585,7 @@ def marker_stray(ctx: Context) -> Iterator[Result]:
         if skip_reason:
             yield NotChecked(rule, skip_reason, start, end)
             continue
+        assert found is not None  # stray_runs' list, for a span scanned
         for s, e, name, maybe in found:
             bad += 1
             if maybe:

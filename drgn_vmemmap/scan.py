@@ -19,9 +19,10 @@ them, and callers using the raw columns must consult ``readable``.
 
 import multiprocessing
 import os
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, List, Optional, Tuple, Union, cast
 
 import numpy as np
+import numpy.typing as npt
 from drgn import FaultError, PlatformFlags, Program, ProgramFlags
 
 from .features import Features, PageTypes, features
@@ -107,7 +108,7 @@ class PageColumns:
 def _dtype(prog: Program) -> np.dtype:
     key = "drgn_vmemmap.scan.dtype"
     try:
-        return prog.cache[key]
+        return cast(np.dtype, prog.cache[key])
     except KeyError:
         pass
     layout = features(prog).layout
@@ -124,7 +125,7 @@ def _dtype(prog: Program) -> np.dtype:
 
 def _read(prog: Program, address: int, size: int) -> bytes:
     # The one place memory is read; tests replace it to simulate holes.
-    return prog.read(address, size)
+    return cast(bytes, prog.read(address, size))
 
 
 def _read_bisect(prog: Program, address: int, size: int, granule: int
@@ -293,7 +294,7 @@ def _scan_span(i: int) -> Tuple[Any, List[Tuple[int, int]]]:
 
 def map_spans(prog: Program, spans: List[Tuple[int, int]],
               fn: Callable[[int, int, PageColumns], Any],
-              jobs: int = 1) -> Iterator[Tuple[Any, List[Tuple[int, int]]]]:
+              jobs: int = 1) -> Generator[Tuple[Any, List[Tuple[int, int]]], None, None]:
     """
     Scan each ``(start_pfn, end_pfn)`` span and apply ``fn(start, end,
     columns)`` to it; yield ``(fn's result, unreadable pfn ranges)`` per span,
@@ -338,7 +339,7 @@ def _types(cols: PageColumns, types: Union[Features, PageTypes, None]) -> PageTy
 
 
 def has_type(cols: PageColumns,
-             types: Union[Features, PageTypes, None] = None) -> np.ndarray:
+             types: Union[Features, PageTypes, None] = None) -> npt.NDArray[np.bool_]:
     """
     Mask of readable pages that have a page type (any).
 
@@ -348,6 +349,7 @@ def has_type(cols: PageColumns,
     pt = cols.page_type
     signed = pt.view(np.int32)
     types = _types(cols, types)
+    mask: npt.NDArray[np.bool_]
     if types.scheme == "pgty":
         # Linux kernel commit 4ffca5a96678 ("mm: support only one page_type
         # per page") (in v6.12): the type is the top byte, 0x80-0xfe.
@@ -360,7 +362,7 @@ def has_type(cols: PageColumns,
 
 
 def type_is(cols: PageColumns, name: str,
-            types: Union[Features, PageTypes, None] = None) -> np.ndarray:
+            types: Union[Features, PageTypes, None] = None) -> npt.NDArray[np.bool_]:
     """
     Mask of readable pages whose page type is ``name`` (``"buddy"``,
     ``"offline"``, ...: a key of :attr:`PageTypes.types`).
@@ -374,6 +376,7 @@ def type_is(cols: PageColumns, name: str,
     except KeyError:
         raise LookupError(f"this kernel has no {name!r} page type") from None
     pt = cols.page_type
+    match: npt.NDArray[np.bool_]
     if types.scheme == "pgty":
         match = (pt >> np.uint32(24)) == np.uint32(value)
     else:

@@ -40,6 +40,8 @@ all, one error line and nothing else), else 1 if any has an error-severity
 violation, else 0.  The output is JSON lines whatever ``--format`` says.
 """
 
+import argparse
+import io
 import json
 import lzma
 import multiprocessing
@@ -50,7 +52,18 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    TypedDict,
+)
 
 from .target import TargetError
 
@@ -147,6 +160,14 @@ def find_dumps(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
 # --- what a dump says about its kernel -----------------------------------------
 
 
+#: The fields of an ELF header that :func:`_elf_header` reads: ``order`` is
+#: the :mod:`struct` byte-order character, the others are numbers.
+_ElfHeader = TypedDict("_ElfHeader", {
+    "order": str, "class": int, "type": int, "phoff": int, "phentsize": int, "phnum": int,
+    "shoff": int, "shentsize": int, "shnum": int,
+})
+
+
 class DumpInfo(NamedTuple):
     release: Optional[str]
     build_id: Optional[str]
@@ -163,7 +184,7 @@ def _parse_vmcoreinfo(text: bytes) -> DumpInfo:
     return DumpInfo(release, build_id)
 
 
-def _elf_header(head: bytes) -> Optional[Dict[str, int]]:
+def _elf_header(head: bytes) -> Optional[_ElfHeader]:
     """Fields of an ELF header (32 or 64 bit, either byte order)."""
     if len(head) < 52 or not head.startswith(_ELF_MAGIC) or head[4] not in (1, 2) \
             or head[5] not in (1, 2):
@@ -195,7 +216,7 @@ def _notes(data: bytes, order: str) -> Iterator[Tuple[bytes, int, bytes]]:
         yield name, ntype, desc
 
 
-def _note_segments(fp, h: Dict[str, int]) -> Iterator[bytes]:
+def _note_segments(fp: io.BufferedIOBase, h: _ElfHeader) -> Iterator[bytes]:
     """Contents of the PT_NOTE segments of an open ELF file, in file order."""
     fp.seek(h["phoff"])
     table = fp.read(h["phentsize"] * h["phnum"])
@@ -215,7 +236,8 @@ def _note_segments(fp, h: Dict[str, int]) -> Iterator[bytes]:
         yield fp.read(size)
 
 
-def _segment_notes(fp, h: Dict[str, Any]) -> Iterator[Tuple[bytes, int, bytes]]:
+def _segment_notes(fp: io.BufferedIOBase, h: _ElfHeader
+                   ) -> Iterator[Tuple[bytes, int, bytes]]:
     """(name, type, desc) of every note in the PT_NOTE segments."""
     for data in _note_segments(fp, h):
         yield from _notes(data, h["order"])
@@ -476,7 +498,7 @@ def _run_pool(jobs: List[Dict[str, Any]], workers: int,
     # The dumps already run in parallel: each check scans in one process
     # (the workers inherit the environment).
     os.environ.setdefault("DRGN_VMEMMAP_JOBS", "1")
-    pending: Dict[Future, Dict[str, Any]] = {}
+    pending: Dict[Future[Dict[str, Any]], Dict[str, Any]] = {}
     lost: List[Dict[str, Any]] = []
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
@@ -612,7 +634,7 @@ def _parse_maps(maps: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def triage_main(args) -> int:
+def triage_main(args: argparse.Namespace) -> int:
     """The ``triage`` subcommand (``args`` from :func:`drgn_vmemmap.cli.build_parser`)."""
     explicit = _parse_maps(getattr(args, "map", None) or [])
     for d in getattr(args, "debug_directory", None) or []:
