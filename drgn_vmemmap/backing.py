@@ -143,13 +143,8 @@ class SelfHostedRun(NamedTuple):
 
 
 def hotplugged_blocks(mm: MemoryMap) -> Dict[int, bool]:
-    """Block id -> hot-plugged (no present section of it is early)."""
-    per = mm.features.sections_per_block
-    hot: Dict[int, bool] = {}
-    for nr, s in mm.sections.items():
-        bid = nr // per
-        hot[bid] = hot.get(bid, True) and not s.has("IS_EARLY")
-    return hot
+    """Block id -> hot-plugged: :meth:`~drgn_vmemmap.model.MemoryMap.hotplugged`."""
+    return mm.hotplugged()
 
 
 def _runs(numbers: Iterable[int]) -> List[Tuple[int, int]]:

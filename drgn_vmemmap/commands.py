@@ -84,7 +84,7 @@ def cmd_blocks(prog: Program, args: Any) -> Tuple[Any, str]:
     data = []
     rows = []
     for b in sorted(mm.blocks.values(), key=lambda b: b.id):
-        early = any(s.has("IS_EARLY") for s in mm.block_sections(b))
+        early = not mm.is_hotplugged(b.id)
         d = {"block": b.id, "state": state_name(b.state), "node": b.nid, "zone": b.zone,
              "start_pfn": b.start_pfn, "nr_pages": b.nr_pages, "boot": early,
              "vmemmap_pages": b.vmemmap_pages,

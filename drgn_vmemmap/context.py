@@ -64,10 +64,10 @@ class Context:
     # --- geometry ------------------------------------------------------------
 
     def section_nr(self, pfn: int) -> int:
-        return pfn >> (self.features.section_size_bits - self.features.page_shift)
+        return self.mm.section_nr(pfn)
 
     def block_id(self, pfn: int) -> int:
-        return pfn // self.features.pages_per_block
+        return self.mm.block_id(pfn)
 
     def is_hotplugged(self, b: Block) -> bool:
         return self.hotplugged().get(b.id, False)

@@ -102,17 +102,47 @@ class MemoryMap(NamedTuple):
     errors: List[str]
 
     def section_of(self, pfn: int) -> Optional[Section]:
-        return self.sections.get(pfn >> (self.features.section_size_bits
-                                         - self.features.page_shift))
+        return self.sections.get(self.section_nr(pfn))
 
     def block_of(self, pfn: int) -> Optional[Block]:
-        return self.blocks.get(pfn // self.features.pages_per_block)
+        return self.blocks.get(self.block_id(pfn))
+
+    def section_nr(self, pfn: int) -> int:
+        """The one pfn -> section number."""
+        return pfn >> (self.features.section_size_bits - self.features.page_shift)
+
+    def block_id(self, pfn: int) -> int:
+        """The one pfn -> memory block id."""
+        return pfn // self.features.pages_per_block
 
     def block_sections(self, block: Block) -> Iterator[Section]:
         per = self.features.sections_per_block
         for nr in range(block.id * per, (block.id + 1) * per):
             if nr in self.sections:
                 yield self.sections[nr]
+
+    def hotplugged(self) -> Dict[int, bool]:
+        """Block id -> hot-plugged, for every block with a present section.
+
+        The one definition: a block is hot-plugged iff none of its present
+        sections is early (``SECTION_IS_EARLY``, set by
+        ``sparse_init_nid()`` for boot memory and never for
+        ``sparse_add_section()``).  A boot block may have absent sections
+        (a block over an E820 hole); a hot-added one never has.
+        """
+        per = self.features.sections_per_block
+        hot: Dict[int, bool] = {}
+        for nr, s in self.sections.items():
+            bid = nr // per
+            hot[bid] = hot.get(bid, True) and not s.has("IS_EARLY")
+        return hot
+
+    def is_hotplugged(self, bid: int) -> bool:
+        """:meth:`hotplugged` for one block (its sections only)."""
+        per = self.features.sections_per_block
+        present = [self.sections[nr] for nr in range(bid * per, (bid + 1) * per)
+                   if nr in self.sections]
+        return bool(present) and not any(s.has("IS_EARLY") for s in present)
 
 
 def _flag_names(flags: int, masks: Dict[str, int]) -> List[str]:

@@ -94,7 +94,7 @@ def section_state(ctx: Context) -> Iterator[Result]:
         # of any aligned range with one present section (drivers/base/memory.c),
         # e.g. a 2 GiB block (x86, boot RAM ending at >= 64 GiB) over RAM and
         # an E820 hole.  Hot-added ranges are whole blocks: no absent section.
-        boot = any(s.has("IS_EARLY") for s in mm.block_sections(b))
+        boot = not mm.is_hotplugged(b.id)
         for nr in range(b.id * ctx.features.sections_per_block,
                         (b.id + 1) * ctx.features.sections_per_block):
             s = mm.sections.get(nr)
