@@ -14,7 +14,7 @@ helpers.
 
 from .backing import vmemmap_backing
 from .check import check, self_hosted_ranges
-from .commands import explain as explain_pfn
+from .explain import explain as explain_pfn
 from .features import features
 from .model import memory_map
 from .report import Report, Violation, exit_status, render_json, render_table

@@ -22,18 +22,13 @@ exit status: 0 consistent, 1 violations found, 2 cannot analyse.
 """
 
 import argparse
-import json
-import os
 import sys
-from typing import TYPE_CHECKING, Any, List, Optional, TextIO
+from typing import TYPE_CHECKING, List, Optional, TextIO, Type
 
 if TYPE_CHECKING:
     from drgn import Program
 
-__all__ = ("main",)
-
-COMMANDS = ("check", "ranges", "blocks", "sections", "explain", "features", "triage")
-
+__all__ = ("build_parser", "main", "run_command")
 
 
 def _version() -> str:
@@ -44,115 +39,84 @@ def _version() -> str:
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
 
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=_formatter)
+def _target_options(parser: argparse.ArgumentParser, after: bool = False) -> None:
+    """-k / -c / --qemu / -s: before the subcommand, or (``after``) after it,
+    where SUPPRESS keeps a value given before."""
+    d = argparse.SUPPRESS if after else None
+    t = parser.add_argument_group("target (default: the running kernel)")
+    x = t.add_mutually_exclusive_group()
+    x.add_argument("-k", "--kernel", action="store_true",
+                   default=argparse.SUPPRESS if after else False,
+                   help="debug the running kernel through /proc/kcore (needs root)")
+    x.add_argument("-c", "--core", metavar="VMCORE", default=d,
+                   help="a kernel core dump: ELF (/proc/vmcore) or kdump-compressed")
+    x.add_argument("--qemu", metavar="SOCKET", default=d,
+                   help="a live QEMU guest through its QMP socket; give the tool a "
+                        "socket of its own (QEMU accepts several -qmp options)")
+    t.add_argument("-s", "--symbols", metavar="VMLINUX", action="append",
+                   default=argparse.SUPPRESS if after else [],
+                   help="kernel debug info (vmlinux, or vmlinux.xz, decompressed once "
+                        "into ~/.cache/drgn-vmemmap); repeatable; default: drgn's search")
 
-    def target_options(parser: argparse.ArgumentParser, after: bool = False) -> None:
-        """-k / -c / --qemu / -s: before the subcommand, or (``after``) after
-        it, where SUPPRESS keeps a value given before."""
-        d = argparse.SUPPRESS if after else None
-        t = parser.add_argument_group("target (default: the running kernel)")
-        x = t.add_mutually_exclusive_group()
-        x.add_argument("-k", "--kernel", action="store_true",
-                       default=argparse.SUPPRESS if after else False,
-                       help="debug the running kernel through /proc/kcore (needs root)")
-        x.add_argument("-c", "--core", metavar="VMCORE", default=d,
-                       help="a kernel core dump: ELF (/proc/vmcore) or kdump-compressed")
-        x.add_argument("--qemu", metavar="SOCKET", default=d,
-                       help="a live QEMU guest through its QMP socket; give the tool a "
-                            "socket of its own (QEMU accepts several -qmp options)")
-        t.add_argument("-s", "--symbols", metavar="VMLINUX", action="append",
-                       default=argparse.SUPPRESS if after else [],
-                       help="kernel debug info (vmlinux, or vmlinux.xz, decompressed once "
-                            "into ~/.cache/drgn-vmemmap); repeatable; default: drgn's search")
 
+def _output_options(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:
+    parser.add_argument("--format", choices=("table", "json"), default=default,
+                        help="output format (default: table on a terminal, else json)")
+    parser.add_argument("--vmemmap-page-type", metavar="VALUE", default=default,
+                        type=lambda s: int(s, 0),
+                        help="value of a vmemmap page type that exists only as a macro "
+                             "(PGTY_ top byte on 6.12+ encodings, else the inverted bit)")
+
+
+def build_parser(prog: str = "drgn-vmemmap", for_drgn: bool = False,
+                 parser_class: Type[argparse.ArgumentParser] = argparse.ArgumentParser
+                 ) -> argparse.ArgumentParser:
+    """The argument parser of the CLI, or (``for_drgn``) of ``%vmemmap``:
+    no target options, no CLI-only subcommand, ``--drgn`` on each.  Both
+    come from :data:`~drgn_vmemmap.subcommands.SUBCOMMANDS`."""
+    from .subcommands import SUBCOMMANDS
+
+    p = parser_class(prog=prog, description=__doc__, formatter_class=_formatter)
     if not for_drgn:
-        target_options(p)
+        _target_options(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    def output_options(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:
-        parser.add_argument("--format", choices=("table", "json"), default=default,
-                            help="output format (default: table on a terminal, else json)")
-        parser.add_argument("--vmemmap-page-type", metavar="VALUE", default=default,
-                            type=lambda s: int(s, 0),
-                            help="value of a vmemmap page type that exists only as a macro "
-                                 "(PGTY_ top byte on 6.12+ encodings, else the inverted bit)")
-
-    output_options(p)
+    _output_options(p)
     # The same options after the subcommand; SUPPRESS keeps a value given
     # before it.
-    common = argparse.ArgumentParser(add_help=False)
-    output_options(common, argparse.SUPPRESS)
+    common = parser_class(add_help=False)
+    _output_options(common, argparse.SUPPRESS)
     # The target options too ("drgn-vmemmap check -c DUMP -s VMLINUX"), on
     # every subcommand that opens one target (not triage).
-    targeted = argparse.ArgumentParser(add_help=False)
+    targeted = parser_class(add_help=False)
     if not for_drgn:
-        target_options(targeted, after=True)
+        _target_options(targeted, after=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _add = sub.add_parser
-
-    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
-        parents = [common] + ([targeted] if name != "triage" else [])
-        return _add(name, parents=parents, formatter_class=_formatter, **kw)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-    c = sub.add_parser("check", help="run the consistency rules (the default job)",
-                       description="Run every rule of the catalogue and report violations.")
-    c.add_argument("--rule", action="append", metavar="ID",
-                   help="run only this rule (repeatable); see 'check --list-rules'")
-    c.add_argument("--list-rules", action="store_true", help="list the rule ids and exit")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    c.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="processes for the whole-memory scan (default: one per CPU, up to "
-                   "8, on core dumps of 4 GiB or more; else 1)")
-    sub.add_parser("ranges", help="self-hosted vmemmap ranges found from the page tables")
-    sub.add_parser("blocks", help="memory blocks: state, node, zone, recorded vmemmap pages")
-    sub.add_parser("sections", help="present SPARSEMEM sections and their flags")
-    e = sub.add_parser("explain", help="everything known about one pfn")
-    e.add_argument("pfn", type=lambda s: int(s, 0), help="page frame number (0x... accepted)")
-    sub.add_parser("features", help="what was detected about this kernel")
-    if not for_drgn:
-        tr = sub.add_parser("triage", help="check many dumps in parallel, one JSON line each",
-                            description="Check every dump under the given paths in parallel. "
-                            "Prints one JSON line per dump (the check document plus path and "
-                            "timing) on stdout and a summary table on stderr.")
-        tr.add_argument("paths", nargs="+", metavar="DUMP_OR_DIR")
-        tr.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
-                        help="parallel workers (default: number of CPUs)")
-        tr.add_argument("--debug-directory", action="append", default=[], metavar="DIR",
-                        help="where to look for vmlinux files (by build ID or release)")
-        tr.add_argument("--map", action="append", default=[], metavar="DUMP=VMLINUX",
-                        help="explicit vmlinux for a dump (repeatable)")
+    for c in SUBCOMMANDS:
+        if for_drgn and c.drgn_code is None:
+            continue
+        parents = [common] + ([targeted] if c.targeted else [])
+        sp = sub.add_parser(c.name, help=c.help, description=c.description or c.help,
+                            parents=parents, formatter_class=_formatter)
+        for a in c.arguments:
+            sp.add_argument(*a.flags, **a.options)
+        if for_drgn:
+            sp.add_argument("--drgn", action="store_true",
+                            help="print how to do this with drgn_vmemmap's helpers")
     return p
-
-
-def _default_format(args: argparse.Namespace) -> str:
-    return args.format or ("table" if sys.stdout.isatty() else "json")
 
 
 def run_command(prog: "Program", args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     """Run one subcommand on an open program; print; return the exit status."""
-    from . import commands
+    from .subcommands import run_subcommand
 
-    out = out or sys.stdout
-    fmt = _default_format(args)
-    if args.command == "check":
-        progress = None
-        if not getattr(args, "no_progress", False) and sys.stderr.isatty():
-            progress = commands.progress_bar()
-        report = commands.run_check(prog, args.rule, args.vmemmap_page_type, progress,
-                                    getattr(args, "jobs", None))
-        from .report import exit_status, render_json, render_table
-        print(render_json(report) if fmt == "json" else render_table(report), file=out)
-        return exit_status(report)
-    data, table = getattr(commands, "cmd_" + args.command)(prog, args)
-    print(json.dumps(data, indent=2) if fmt == "json" else table, file=out)
-    return 0
+    return run_subcommand(prog, args, out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -164,9 +128,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(rule)
         return 0
     try:
-        if args.command == "triage":
-            from .triage import triage_main
-            return triage_main(args)
+        from .subcommands import by_name
+        command = by_name(args.command)
+        if not command.targeted:  # opens its own targets (triage)
+            return int(command.run(args))
         from .target import TargetError, open_target
         chosen = [o for o, v in (("-k", args.kernel), ("-c", args.core), ("--qemu", args.qemu))
                   if v]

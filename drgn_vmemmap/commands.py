@@ -6,45 +6,28 @@ The subcommands shared by the CLI and the ``%vmemmap`` drgn command: each
 returns ``(json-able data, table text)``.
 """
 
-import sys
-import time
-from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Callable, List, Optional, TextIO, Tuple
 
 from drgn import Program
 from tabulate import tabulate
 
-from .backing import frames_to_described, vmemmap_backing
+from .backing import vmemmap_backing
 from .check import check, self_hosted_ranges
 from .errors import UsageError
+from .explain import explain as explain_pfn
 from .features import features
 from .model import memory_map
+from .progress import ProgressBar
 from .records import state_name
 from .report import Report
 
 __all__ = ("cmd_blocks", "cmd_explain", "cmd_features", "cmd_ranges", "cmd_sections",
-           "explain", "progress_bar", "run_check")
+           "progress_bar", "run_check")
 
 
 def progress_bar(stream: Optional[TextIO] = None) -> Callable[[int, int], None]:
     """A progress callback that redraws one stderr line at most 10 times a second."""
-    stream = stream or sys.stderr
-    state = {"last": 0.0, "t0": time.monotonic()}
-
-    def update(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - state["last"] < 0.1:
-            return
-        state["last"] = now
-        width = 30
-        filled = width * done // max(total, 1)
-        rate = done / max(now - state["t0"], 1e-9)
-        stream.write(f"\rscanning struct pages [{'#' * filled}{'.' * (width - filled)}] "
-                     f"{done}/{total} ({rate / 1e6:.1f} M pages/s)")
-        if done >= total:
-            stream.write("\r" + " " * (width + 70) + "\r")
-        stream.flush()
-
-    return update
+    return ProgressBar("scanning struct pages", "pages", stream, rate=True)
 
 
 def run_check(prog: Program, rules: Optional[List[str]] = None,
@@ -127,83 +110,8 @@ def cmd_features(prog: Program, args: Any) -> Tuple[Any, str]:
     return d, tabulate(rows, tablefmt="plain")
 
 
-def flag_names(f: Any, flags: int, vmemmap: bool = False) -> List[str]:
-    """
-    One name per set bit of ``flags``, without the alias noise: enum
-    pageflags lists each bit's own name first and its aliases after
-    (``PG_checked = PG_owner_priv_1``, ``PG_swapcache``, Xen's ``PG_pinned``,
-    ``PG_foreign`` ...), so the first name wins, except that
-    ``PG_owner_priv_1`` reads ``PG_vmemmap_self_hosted`` on a page of a
-    self-hosted vmemmap area (``vmemmap``).
-    """
-    first: Dict[int, str] = {}
-    for name, bit in f.page_flags.items():
-        first.setdefault(bit, name)
-    if vmemmap and "PG_vmemmap_self_hosted" in f.page_flags:
-        first[f.page_flags["PG_vmemmap_self_hosted"]] = "PG_vmemmap_self_hosted"
-    return [first[bit] for bit in sorted(first) if flags >> bit & 1]
-
-
-def explain(prog: Program, pfn: int, vmemmap_page_type: Optional[int] = None) -> Dict[str, Any]:
-    """Everything known about one pfn: its section, block, struct page, and the
-    struct pages it holds if it is a vmemmap frame."""
-    from . import scan
-
-    mm = memory_map(prog, vmemmap_page_type)
-    f = mm.features
-    ext = vmemmap_backing(prog, mm)
-    ranges = self_hosted_ranges(prog, mm, ext)
-    s = mm.section_of(pfn)
-    b = mm.block_of(pfn)
-    out: Dict[str, Any] = {
-        "pfn": pfn,
-        "section": None if s is None else {"nr": s.nr, "flags": s.flag_names},
-        "block": None if b is None else {"id": b.id, "state": state_name(b.state),
-                                         "node": b.nid, "zone": b.zone,
-                                         "vmemmap_pages": b.vmemmap_pages},
-    }
-    inside = [r for r in ranges if r.start_pfn <= pfn < r.area_end_pfn]
-    out["self_hosted_range"] = inside[0]._asdict() if inside else None
-    # HVO aliases one frame under many struct pages: frames_to_described()
-    # knows, a linear computation would not.
-    out["holds_struct_pages_of"] = [
-        {"first_pfn": start, "count": end - start, "kind": e.kind,
-         "aliased": e.aliased}
-        for start, end, e in frames_to_described(ext, pfn)[:8]]
-    own = [e for e in ext if e.described_start_pfn <= pfn < e.described_end_pfn]
-    if own:
-        e = own[0]
-        frame = None
-        if e.pa is not None:
-            from .pagetable import translate
-            va = f.vmemmap_base + pfn * f.layout.size
-            m = translate(prog, va, f.layout.size)
-            if m and m[0].pa is not None:
-                frame = m[0].pa >> f.page_shift
-        out["struct_page"] = {"address": f.vmemmap_base + pfn * f.layout.size,
-                              "frame": frame, "backing": e.kind}
-    if s is not None and s.has("HAS_MEM_MAP"):
-        cols = scan.scan_pfns(prog, pfn, pfn + 1)
-        if cols.readable[0]:
-            flags = int(cols.flags[0])
-            out["page"] = {
-                "flags": flags,
-                "flag_names": flag_names(f, flags, vmemmap=bool(inside)),
-                "page_type": int(cols.page_type[0]),
-                "type": scan.type_name(int(cols.page_type[0]), f) or "none",
-                "node": int(f.page_node(flags)),
-                "zone": (f.zone_names[int(f.page_zone(flags))]
-                         if int(f.page_zone(flags)) < len(f.zone_names) else None),
-                "refcount": int(cols.refcount[0]),
-                "mapping": int(cols.mapping[0]),
-            }
-        else:
-            out["page"] = "missing from the dump"
-    return out
-
-
 def cmd_explain(prog: Program, args: Any) -> Tuple[Any, str]:
-    d = explain(prog, args.pfn, getattr(args, "vmemmap_page_type", None))
+    d = explain_pfn(prog, args.pfn, getattr(args, "vmemmap_page_type", None))
     lines = [f"pfn {d['pfn']:#x}"]
     if d["section"]:
         lines.append(f"  section {d['section']['nr']}: {'|'.join(d['section']['flags'])}")

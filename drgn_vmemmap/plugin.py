@@ -24,47 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ()
 
-DRGN_CODE = {
-    "check": """\
-from drgn_vmemmap import check, render_table
-
-report = check(prog)
-print(render_table(report))
-for v in report.violations:
-    print(v.rule, v.severity, hex(v.pfn_start), hex(v.pfn_end), v.found)
-""",
-    "ranges": """\
-from drgn_vmemmap import memory_map, vmemmap_backing, self_hosted_ranges
-
-mm = memory_map(prog)
-for r in self_hosted_ranges(prog, mm, vmemmap_backing(prog, mm)):
-    print(r.block, hex(r.start_pfn), r.nr_pages, r.state)
-""",
-    "blocks": """\
-from drgn_vmemmap import memory_map
-
-for block in memory_map(prog).blocks.values():
-    print(block.id, block.state, block.nid, block.zone, block.vmemmap_pages, block.altmap)
-""",
-    "sections": """\
-from drgn_vmemmap import memory_map
-
-for section in memory_map(prog).sections.values():
-    print(section.nr, hex(section.start_pfn), "|".join(section.flag_names))
-""",
-    "explain": """\
-from drgn_vmemmap.commands import explain
-
-print(explain(prog, PFN))
-""",
-    "features": """\
-from drgn_vmemmap import features
-
-print(features(prog))
-""",
-}
-
-
 def _register() -> None:
     try:
         from drgn.commands import CommandError, parse_shell_command
@@ -85,22 +44,19 @@ def _register() -> None:
         pass
 
     from .cli import build_parser
+    from .subcommands import SUBCOMMANDS, drgn_code
 
-    parser = build_parser("%vmemmap", for_drgn=True)
-    parser.__class__ = _Parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                sub.__class__ = _Parser
-                sub.add_argument("--drgn", action="store_true",
-                                 help="print how to do this with drgn_vmemmap's helpers")
+    # Its errors and --help end the command, not drgn (argparse gives the
+    # subcommands' parsers the class of the main one).
+    parser = build_parser("%vmemmap", for_drgn=True, parser_class=_Parser)
 
     # drgn's decorator, typed as drgn documents it (its signature is copied
     # by a helper that mypy does not see).
     vmemmap_command: "CustomCommandFuncDecorator[Sequence[str]]" = linux_kernel_custom_command(
         name="vmemmap",
         description="check self-hosted vmemmap (memmap_on_memory) against the page tables",
-        usage="**vmemmap** {check,ranges,blocks,sections,explain PFN,features} "
+        usage="**vmemmap** {" + ",".join(c.name + (" PFN" if c.name == "explain" else "")
+                                         for c in SUBCOMMANDS if c.drgn_code) + "} "
               "[--format table|json] [--drgn]",
         long_description=parser.format_help(),
         parse=parse_shell_command,
@@ -116,10 +72,7 @@ def _register() -> None:
         except _HelpShown:
             return 0
         if getattr(ns, "drgn", False):
-            code = DRGN_CODE[ns.command]
-            if ns.command == "explain":
-                code = code.replace("PFN", hex(ns.pfn))
-            sys.stdout.write(code)
+            sys.stdout.write(drgn_code(ns))
             return 0
         try:
             return run_command(prog, ns)

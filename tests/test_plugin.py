@@ -61,3 +61,32 @@ def test_bad_arguments_raise_command_error():
     prog = fixture_program("6.12-hotplug-basic")
     with pytest.raises(CommandError):
         run_command(prog, "vmemmap frobnicate", globals={})
+
+
+def test_subcommands_declared_once(capsys):
+    """The CLI's subcommands and %vmemmap's are both SUBCOMMANDS (minus the
+    CLI-only triage), with the same arguments; each %vmemmap one has --drgn
+    code, and the explain code names the pfn given."""
+    import argparse
+
+    from drgn_vmemmap.cli import build_parser
+    from drgn_vmemmap.subcommands import SUBCOMMANDS
+
+    def choices(parser):
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return action.choices
+
+    cli, drgn = choices(build_parser()), choices(build_parser("%vmemmap", for_drgn=True))
+    assert list(cli) == [c.name for c in SUBCOMMANDS]
+    assert list(drgn) == [c.name for c in SUBCOMMANDS if c.drgn_code]
+    assert "triage" in cli and "triage" not in drgn
+    for c in SUBCOMMANDS:
+        for a in c.arguments:
+            dest = a.options.get("dest") or a.flags[-1].lstrip("-").replace("-", "_")
+            assert dest in {x.dest for x in cli[c.name]._actions}, (c.name, dest)
+            if c.drgn_code:
+                assert dest in {x.dest for x in drgn[c.name]._actions}, (c.name, dest)
+    prog = fixture_program("7.2-hotplug-basic")
+    capsys.readouterr()
+    assert run_command(prog, "vmemmap explain 0x100abc --drgn", globals={}) == 0
+    assert "explain_pfn(prog, 0x100abc)" in capsys.readouterr().out

@@ -1,0 +1,184 @@
+"""
+Subcommands
+-----------
+
+Every subcommand is declared once, here: its name, help, arguments, what it
+runs and, for ``%vmemmap NAME --drgn``, the same done with drgn_vmemmap's
+helpers.  The ``drgn-vmemmap`` CLI (:mod:`~drgn_vmemmap.cli`) and the
+``%vmemmap`` drgn command (:mod:`~drgn_vmemmap.plugin`) are both built from
+:data:`SUBCOMMANDS`; neither lists a subcommand of its own.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, NamedTuple, Optional, TextIO, Tuple
+
+if TYPE_CHECKING:
+    from drgn import Program
+
+__all__ = ("SUBCOMMANDS", "Arg", "Output", "Subcommand", "by_name", "run_subcommand")
+
+
+class Arg(NamedTuple):
+    """One ``add_argument(*flags, **options)``."""
+
+    flags: Tuple[str, ...]
+    options: Dict[str, Any]
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+class Output(NamedTuple):
+    """What a subcommand produced: JSON-able data, the table text, the exit status."""
+
+    data: Any
+    table: str
+    status: int = 0
+
+
+class Subcommand(NamedTuple):
+    name: str
+    help: str
+    #: ``run(prog, args)`` for a subcommand on one target; ``run(args)``
+    #: returning the exit status for one that opens its own (``targeted``
+    #: False: triage).
+    run: Callable[..., Any]
+    arguments: Tuple[Arg, ...] = ()
+    description: Optional[str] = None
+    targeted: bool = True
+    #: The same with drgn_vmemmap's helpers (``%vmemmap NAME --drgn``);
+    #: ``{pfn}`` is replaced by the argument.  None: CLI only.
+    drgn_code: Optional[str] = None
+
+
+def _pfn(text: str) -> int:
+    return int(text, 0)
+
+
+def _check(prog: "Program", args: argparse.Namespace) -> Output:
+    from . import commands
+    from .report import exit_status, render_table
+
+    progress = None
+    if not getattr(args, "no_progress", False) and sys.stderr.isatty():
+        progress = commands.progress_bar()
+    report = commands.run_check(prog, args.rule, args.vmemmap_page_type, progress,
+                                getattr(args, "jobs", None))
+    return Output(report.to_json(), render_table(report), exit_status(report))
+
+
+def _table_command(name: str) -> Callable[["Program", argparse.Namespace], Output]:
+    def run(prog: "Program", args: argparse.Namespace) -> Output:
+        from . import commands
+
+        data, table = getattr(commands, "cmd_" + name)(prog, args)
+        return Output(data, table)
+
+    return run
+
+
+def _triage(args: argparse.Namespace) -> int:
+    from .triage import triage_main
+
+    return triage_main(args)
+
+
+SUBCOMMANDS: Tuple[Subcommand, ...] = (
+    Subcommand(
+        "check", "run the consistency rules (the default job)", _check,
+        (arg("--rule", action="append", metavar="ID",
+             help="run only this rule (repeatable); see 'check --list-rules'"),
+         arg("--list-rules", action="store_true", help="list the rule ids and exit"),
+         arg("--no-progress", action="store_true", help="no progress bar on stderr"),
+         arg("-j", "--jobs", type=int, default=None, metavar="N",
+             help="processes for the whole-memory scan (default: one per CPU, up to 8, on "
+                  "core dumps of 4 GiB or more; else 1)")),
+        description="Run every rule of the catalogue and report violations.",
+        drgn_code="""\
+from drgn_vmemmap import check, render_table
+
+report = check(prog)
+print(render_table(report))
+for v in report.violations:
+    print(v.rule, v.severity, hex(v.pfn_start), hex(v.pfn_end), v.found)
+"""),
+    Subcommand(
+        "ranges", "self-hosted vmemmap ranges found from the page tables",
+        _table_command("ranges"), drgn_code="""\
+from drgn_vmemmap import memory_map, vmemmap_backing, self_hosted_ranges
+
+mm = memory_map(prog)
+for r in self_hosted_ranges(prog, mm, vmemmap_backing(prog, mm)):
+    print(r.block, hex(r.start_pfn), r.nr_pages, r.state)
+"""),
+    Subcommand(
+        "blocks", "memory blocks: state, node, zone, recorded vmemmap pages",
+        _table_command("blocks"), drgn_code="""\
+from drgn_vmemmap import memory_map
+
+for block in memory_map(prog).blocks.values():
+    print(block.id, block.state, block.nid, block.zone, block.vmemmap_pages, block.altmap)
+"""),
+    Subcommand(
+        "sections", "present SPARSEMEM sections and their flags",
+        _table_command("sections"), drgn_code="""\
+from drgn_vmemmap import memory_map
+
+for section in memory_map(prog).sections.values():
+    print(section.nr, hex(section.start_pfn), "|".join(section.flag_names))
+"""),
+    Subcommand(
+        "explain", "everything known about one pfn", _table_command("explain"),
+        (arg("pfn", type=_pfn, help="page frame number (0x... accepted)"),),
+        drgn_code="""\
+from drgn_vmemmap import explain_pfn
+
+print(explain_pfn(prog, {pfn}))
+"""),
+    Subcommand(
+        "features", "what was detected about this kernel", _table_command("features"),
+        drgn_code="""\
+from drgn_vmemmap import features
+
+print(features(prog))
+"""),
+    Subcommand(
+        "triage", "check many dumps in parallel, one JSON line each", _triage,
+        (arg("paths", nargs="+", metavar="DUMP_OR_DIR"),
+         arg("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+             help="parallel workers (default: number of CPUs)"),
+         arg("--debug-directory", action="append", default=[], metavar="DIR",
+             help="where to look for vmlinux files (by build ID or release)"),
+         arg("--map", action="append", default=[], metavar="DUMP=VMLINUX",
+             help="explicit vmlinux for a dump (repeatable)")),
+        description="Check every dump under the given paths in parallel. Prints one JSON "
+                    "line per dump (the check document plus path and timing) on stdout and "
+                    "a summary table on stderr.",
+        targeted=False),
+)
+
+
+def by_name(name: str) -> Subcommand:
+    return next(c for c in SUBCOMMANDS if c.name == name)
+
+
+def drgn_code(args: argparse.Namespace) -> str:
+    """The helper code equivalent to ``args`` (``%vmemmap ... --drgn``)."""
+    code = by_name(args.command).drgn_code or ""
+    return code.replace("{pfn}", hex(args.pfn)) if "pfn" in args else code
+
+
+def run_subcommand(prog: "Program", args: argparse.Namespace,
+                   out: Optional[TextIO] = None) -> int:
+    """Run one targeted subcommand on an open program; print it in the
+    chosen format (default: a table on a terminal, else JSON); return the
+    exit status."""
+    out = out or sys.stdout
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    o: Output = by_name(args.command).run(prog, args)
+    print(json.dumps(o.data, indent=2) if fmt == "json" else o.table, file=out)
+    return o.status
