@@ -9,15 +9,15 @@ It sits between the model (features, model, scan, backing) and the rules.
 """
 
 import bisect
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 from drgn import FaultError, Program
-from drgn.helpers.linux.list import list_for_each_entry
 
 from . import backing as _backing
 from . import scan as _scan
 from .damage import DamagedBlock, damaged_blocks
+from .hugetlb import pooled_folios
 from .model import Block, MemoryMap, memory_map
 from .records import Range, state_name
 from .target import target_kind
@@ -277,48 +277,9 @@ class Context:
         folios: a list that a filtered dump cuts or that loops (corruption)
         loses only itself, and says so in :attr:`hugetlb_problems`.
         """
-        if self._folios is not None:
-            return self._folios
-        prog = self.prog
-        f = self.features
-        out: List[Tuple[int, int, bool]] = []
-        self.hugetlb_problems = []
-        self._folios = out
-        try:
-            hstates = prog["hstates"]
-            n = prog["hugetlb_max_hstate"].value_()
-        except (KeyError, LookupError):
-            return out
-        except FaultError as e:
-            self.hugetlb_problems.append(f"HugeTLB pools not readable: {e}")
-            return out
-        for i in range(n):
-            h = hstates[i]
-            try:
-                nr_pages = 1 << h.order.value_()
-                limit = h.nr_huge_pages.value_()
-                lists = [("active", h.hugepage_activelist.address_of_())]
-                lists += [(f"free list of node {nid}", head.address_of_())
-                          for nid, head in enumerate(h.hugepage_freelists)]
-            except FaultError as e:
-                self.hugetlb_problems.append(f"hstate {i} not readable: {e}")
-                continue
-            for what, head in lists:
-                seen: Set[int] = set()
-                try:
-                    for page in list_for_each_entry("struct page", head, "lru"):
-                        addr = page.value_()
-                        if addr in seen or len(seen) >= limit:
-                            raise ValueError("loops or holds more folios than the pool "
-                                             f"counts ({limit})")
-                        seen.add(addr)
-                        pfn = (addr - f.vmemmap_base) // f.layout.size
-                        optimized = bool(page.private.value_() >> f.hpg_vmemmap_optimized & 1)
-                        out.append((pfn, nr_pages, optimized))
-                except (FaultError, ValueError) as e:
-                    self.hugetlb_problems.append(f"hstate {i} {what}: {e} "
-                                                 f"(after {len(seen)} folios)")
-        return out
+        if self._folios is None:
+            self._folios, self.hugetlb_problems = pooled_folios(self.prog, self.features)
+        return self._folios
 
 
 def vmemmap_area_pages(mm: MemoryMap, block: Optional[Block], start_pfn: int,
