@@ -41,30 +41,18 @@ violation, else 0.  The output is JSON lines whatever ``--format`` says.
 """
 
 import argparse
-import io
 import json
-import lzma
 import multiprocessing
 import os
-import re
-import struct
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterator,
-    List,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Tuple,
-    TypedDict,
-)
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .dumpinfo import DumpInfo, dump_info, elf_build_id, find_dumps
+from .pairing import VmlinuxIndex, pair_vmlinux
+from .progress import ProgressBar
 from .target import TargetError
 
 __all__ = (
@@ -77,375 +65,6 @@ __all__ = (
     "triage",
     "triage_main",
 )
-
-# --- finding dumps -------------------------------------------------------------
-
-_DUMP_NAME = re.compile(r"^(vmcore.*|.*\.vmcore|dump.*|.*\.core)$")
-#: Extensions of files that are never dumps, whatever their name (vmcore-dmesg.txt,
-#: a manifest, compressed or source files, downloads in progress).
-_NOT_A_DUMP = (
-    ".json", ".txt", ".log", ".md", ".rst", ".html", ".xml", ".yaml", ".yml", ".cfg",
-    ".conf", ".ini", ".csv",
-    ".xz", ".gz", ".bz2", ".zst", ".lz4", ".lzma", ".zip", ".tar", ".deb", ".rpm",
-    ".c", ".h", ".S", ".s", ".o", ".ko", ".so", ".a", ".cmd", ".d", ".mod", ".py", ".pyc",
-    ".sh", ".diff", ".patch",
-    ".sig", ".asc", ".sha256", ".partial", ".tmp", ".lock", ".pid",
-)
-_KDUMP_MAGIC = (b"KDUMP   ", b"DISKDUMP")
-_FLATTENED_MAGIC = b"makedumpfile"
-_ELF_MAGIC = b"\x7fELF"
-#: How much of a dump's beginning is searched for VMCOREINFO text.
-_HEADER_BYTES = 1 << 20
-
-
-def _sniff(path: str) -> bool:
-    """Does the file start like a kernel core dump?"""
-    try:
-        with open(path, "rb") as fp:
-            head = fp.read(64)
-            if head.startswith(_KDUMP_MAGIC) or head.startswith(_FLATTENED_MAGIC):
-                return True
-            if head.startswith(_ELF_MAGIC) and len(head) >= 18:
-                order = "<" if head[5] == 1 else ">"
-                e_type, = struct.unpack_from(order + "H", head, 16)
-                return e_type == 4 and _elf_vmcoreinfo(path) is not None  # ET_CORE
-    except OSError:
-        pass
-    return False
-
-
-def _looks_like_dump_name(name: str) -> bool:
-    if name.endswith(".xz"):  # a dump shipped compressed (opened through the cache)
-        name = name[:-3]
-    if not _DUMP_NAME.match(name):
-        return False
-    return not name.endswith(_NOT_A_DUMP)
-
-
-def find_dumps(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """
-    ``(dumps, empty)``: the dump files among and under ``paths`` (files given
-    by name are always taken, existing or not: opening them reports the
-    problem), and the directories in which none was found.
-    """
-    dumps: List[str] = []
-    empty: List[str] = []
-    seen = set()
-
-    def add(path: str) -> None:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            dumps.append(path)
-
-    for top in paths:
-        if not os.path.isdir(top):
-            add(top)
-            continue
-        before = len(dumps)
-        for root, dirs, files in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                if not os.path.isfile(path):
-                    continue
-                if _looks_like_dump_name(name) or (
-                        not name.endswith(_NOT_A_DUMP) and _sniff(path)):
-                    add(path)
-        if len(dumps) == before:
-            empty.append(top)
-    return dumps, empty
-
-
-# --- what a dump says about its kernel -----------------------------------------
-
-
-#: The fields of an ELF header that :func:`_elf_header` reads: ``order`` is
-#: the :mod:`struct` byte-order character, the others are numbers.
-_ElfHeader = TypedDict("_ElfHeader", {
-    "order": str, "class": int, "type": int, "phoff": int, "phentsize": int, "phnum": int,
-    "shoff": int, "shentsize": int, "shnum": int,
-})
-
-
-class DumpInfo(NamedTuple):
-    release: Optional[str]
-    build_id: Optional[str]
-
-
-def _parse_vmcoreinfo(text: bytes) -> DumpInfo:
-    release = build_id = None
-    m = re.search(rb"OSRELEASE=([\x21-\x7e]+)", text)
-    if m:
-        release = m.group(1).decode()
-    m = re.search(rb"BUILD-ID=([0-9a-fA-F]+)", text)
-    if m:
-        build_id = m.group(1).decode().lower()
-    return DumpInfo(release, build_id)
-
-
-def _elf_header(head: bytes) -> Optional[_ElfHeader]:
-    """Fields of an ELF header (32 or 64 bit, either byte order)."""
-    if len(head) < 52 or not head.startswith(_ELF_MAGIC) or head[4] not in (1, 2) \
-            or head[5] not in (1, 2):
-        return None
-    order = "<" if head[5] == 1 else ">"
-    if head[4] == 2:
-        if len(head) < 64:
-            return None
-        (e_type, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
-         _) = struct.unpack_from(order + "HHIQQQIHHHHHH", head, 16)
-    else:
-        (e_type, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
-         _) = struct.unpack_from(order + "HHIIIIIHHHHHH", head, 16)
-    return {"order": order, "class": head[4], "type": e_type, "phoff": phoff,
-            "phentsize": phentsize, "phnum": phnum, "shoff": shoff,
-            "shentsize": shentsize, "shnum": shnum}
-
-
-def _notes(data: bytes, order: str) -> Iterator[Tuple[bytes, int, bytes]]:
-    """(name, type, desc) of each ELF note in ``data``."""
-    i = 0
-    while i + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(order + "III", data, i)
-        i += 12
-        name = data[i:i + namesz].rstrip(b"\0")
-        i += -(-namesz // 4) * 4
-        desc = data[i:i + descsz]
-        i += -(-descsz // 4) * 4
-        yield name, ntype, desc
-
-
-def _note_segments(fp: io.BufferedIOBase, h: _ElfHeader) -> Iterator[bytes]:
-    """Contents of the PT_NOTE segments of an open ELF file, in file order."""
-    fp.seek(h["phoff"])
-    table = fp.read(h["phentsize"] * h["phnum"])
-    notes = []
-    for i in range(h["phnum"]):
-        off = i * h["phentsize"]
-        if h["class"] == 2:
-            p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(
-                h["order"] + "IIQQQQ", table, off)
-        else:
-            p_type, p_offset, _, _, p_filesz = struct.unpack_from(
-                h["order"] + "IIIII", table, off)
-        if p_type == 4 and 0 < p_filesz < (64 << 20):
-            notes.append((p_offset, p_filesz))
-    for offset, size in sorted(notes):
-        fp.seek(offset)
-        yield fp.read(size)
-
-
-def _segment_notes(fp: io.BufferedIOBase, h: _ElfHeader
-                   ) -> Iterator[Tuple[bytes, int, bytes]]:
-    """(name, type, desc) of every note in the PT_NOTE segments."""
-    for data in _note_segments(fp, h):
-        yield from _notes(data, h["order"])
-
-
-def _elf_vmcoreinfo(path: str) -> Optional[bytes]:
-    """The VMCOREINFO note of an ELF core (``.xz`` or not), or None."""
-    opener = lzma.open if path.endswith(".xz") else open
-    try:
-        with opener(path, "rb") as fp:
-            h = _elf_header(fp.read(64))
-            if h is None:
-                return None
-            for name, _, desc in _segment_notes(fp, h):
-                if name == b"VMCOREINFO":
-                    return desc
-    except (OSError, EOFError, lzma.LZMAError, struct.error):
-        pass
-    return None
-
-
-def dump_info(path: str) -> DumpInfo:
-    """
-    The kernel release and build ID a dump records in its ``VMCOREINFO``,
-    read from the file (no debug info needed); unknown fields are None.
-    """
-    opener = lzma.open if path.endswith(".xz") else open
-    try:
-        with opener(path, "rb") as fp:
-            head = fp.read(_HEADER_BYTES)
-    except (OSError, EOFError, lzma.LZMAError):
-        return DumpInfo(None, None)
-    info = _parse_vmcoreinfo(head)  # kdump-compressed: in the sub-header
-    if info.release is None and head.startswith(_ELF_MAGIC):
-        note = _elf_vmcoreinfo(path)
-        if note is not None:
-            info = _parse_vmcoreinfo(note)
-    if info.release is None and (head.startswith(_KDUMP_MAGIC) or head.startswith(_ELF_MAGIC)):
-        try:  # drgn reads VMCOREINFO without debug info
-            import drgn
-
-            from .target import decompressed
-
-            prog = drgn.Program()
-            prog.set_core_dump(decompressed(path))
-            info = _parse_vmcoreinfo(prog["VMCOREINFO"].string_())
-        except Exception:
-            pass
-    return info
-
-
-# --- vmlinux candidates -----------------------------------------------------------
-
-
-def elf_build_id(path: str) -> Optional[str]:
-    """
-    The GNU build ID (hex) of an ELF file, ``.xz``-compressed or not; None if
-    it has none or cannot be read.  For ``.xz`` only the file's beginning up
-    to its PT_NOTE segment is decompressed when possible.
-    """
-    opener = lzma.open if path.endswith(".xz") else open
-    try:
-        with opener(path, "rb") as fp:
-            h = _elf_header(fp.read(64))
-            if h is None:
-                return None
-            for name, ntype, desc in _segment_notes(fp, h):
-                if name == b"GNU" and ntype == 3:  # NT_GNU_BUILD_ID
-                    return desc.hex()
-            # No PT_NOTE (a debug-only file?): the SHT_NOTE sections.
-            if not h["shoff"] or not h["shnum"]:
-                return None
-            fp.seek(h["shoff"])
-            table = fp.read(h["shentsize"] * h["shnum"])
-            for i in range(h["shnum"]):
-                off = i * h["shentsize"]
-                if h["class"] == 2:
-                    _, sh_type, _, _, sh_offset, sh_size = struct.unpack_from(
-                        h["order"] + "IIQQQQ", table, off)
-                else:
-                    _, sh_type, _, _, sh_offset, sh_size = struct.unpack_from(
-                        h["order"] + "IIIIII", table, off)
-                if sh_type == 7 and 0 < sh_size < (1 << 20):  # SHT_NOTE
-                    fp.seek(sh_offset)
-                    for name, ntype, desc in _notes(fp.read(sh_size), h["order"]):
-                        if name == b"GNU" and ntype == 3:
-                            return desc.hex()
-    except (OSError, EOFError, lzma.LZMAError, struct.error):
-        pass
-    return None
-
-
-_VMLINUX_NAME = re.compile(r"^vmlinux(-.+)?(\.xz)?$")
-
-
-class Candidate(NamedTuple):
-    path: str
-    #: The kernel release this file says it is for (``release`` file beside
-    #: it, ``vmlinux-RELEASE`` name, or the parent directory's name).
-    releases: Tuple[str, ...]
-
-
-def _release_hints(path: str) -> Tuple[str, ...]:
-    hints = []
-    d = os.path.dirname(path)
-    try:
-        with open(os.path.join(d, "release")) as fp:
-            text = fp.read(256).strip()
-            if text:
-                hints.append(text.split()[0])
-    except (OSError, UnicodeDecodeError, IndexError):
-        pass
-    m = _VMLINUX_NAME.match(os.path.basename(path))
-    if m and m.group(1):
-        hints.append(m.group(1)[1:])
-    hints.append(os.path.basename(os.path.abspath(d)))
-    return tuple(hints)
-
-
-def _vmlinux_files(directory: str, recursive: bool) -> Iterator[str]:
-    if not os.path.isdir(directory):
-        return
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        for name in sorted(files):
-            if _VMLINUX_NAME.match(name) and not name.endswith((".partial", ".tmp")):
-                path = os.path.join(root, name)
-                if os.path.isfile(path):
-                    yield path
-
-
-class Pairing(NamedTuple):
-    vmlinux: Optional[str]
-    #: ``"map"``, ``"build-id"``, ``"release"`` or ``"default"`` (drgn's search).
-    how: str
-
-
-class VmlinuxIndex:
-    """vmlinux candidates from the debug directories; build IDs read lazily."""
-
-    def __init__(self, debug_directories: Sequence[str]) -> None:
-        self.debug_directories = list(debug_directories)
-        self._build_ids: Dict[str, Optional[str]] = {}
-        self._candidates: List[Candidate] = []
-        seen = set()
-        for d in self.debug_directories:
-            for path in _vmlinux_files(d, recursive=True):
-                key = os.path.realpath(path)
-                if key not in seen:
-                    seen.add(key)
-                    self._candidates.append(Candidate(path, _release_hints(path)))
-        self._siblings: Dict[str, List[Candidate]] = {}
-
-    def build_id(self, path: str) -> Optional[str]:
-        key = os.path.realpath(path)
-        if key not in self._build_ids:
-            self._build_ids[key] = elf_build_id(path)
-        return self._build_ids[key]
-
-    def candidates(self, dump: str) -> List[Candidate]:
-        d = os.path.dirname(os.path.abspath(dump))
-        if d not in self._siblings:
-            self._siblings[d] = [Candidate(p, _release_hints(p))
-                                 for p in _vmlinux_files(d, recursive=False)]
-        seen = set()
-        out = []
-        for c in self._siblings[d] + self._candidates:
-            key = os.path.realpath(c.path)
-            if key not in seen:
-                seen.add(key)
-                out.append(c)
-        return out
-
-    def by_build_id_layout(self, build_id: str) -> Optional[str]:
-        """``DIR/.build-id/xx/yyyy.debug`` (or without ``.debug``) in a debug directory."""
-        for d in self.debug_directories:
-            for suffix in (".debug", ""):
-                path = os.path.join(d, ".build-id", build_id[:2], build_id[2:] + suffix)
-                if os.path.isfile(path):
-                    return path
-        return None
-
-
-def pair_vmlinux(dump: str, info: DumpInfo, index: VmlinuxIndex,
-                 explicit: Dict[str, str]) -> Pairing:
-    """Choose the vmlinux for ``dump`` (see the module documentation)."""
-    real = os.path.realpath(dump)
-    for key, vmlinux in explicit.items():
-        if os.path.realpath(key) == real or (os.sep not in key
-                                             and key == os.path.basename(dump)):
-            return Pairing(vmlinux, "map")
-    candidates = index.candidates(dump)
-    if info.release:
-        # Those that claim the dump's release first: cheaper when they match.
-        candidates.sort(key=lambda c: info.release not in c.releases)
-    if info.build_id:
-        found = index.by_build_id_layout(info.build_id)
-        if found:
-            return Pairing(found, "build-id")
-        for c in candidates:
-            if index.build_id(c.path) == info.build_id:
-                return Pairing(c.path, "build-id")
-    if info.release:
-        for c in candidates:
-            if info.release in c.releases and (
-                    not info.build_id or index.build_id(c.path) is None):
-                return Pairing(c.path, "release")
-    return Pairing(None, "default")
 
 
 # --- the workers ---------------------------------------------------------------------
@@ -575,22 +194,6 @@ def _counts(doc: Dict[str, Any]) -> Tuple[int, int]:
     return errors, len(violations) - errors
 
 
-def _progress(total: int) -> Callable[[Dict[str, Any]], None]:
-    done = [0, 0]
-
-    def update(doc: Dict[str, Any]) -> None:
-        done[0] += 1
-        done[1] += doc.get("status") == "error"
-        width = 30
-        filled = width * done[0] // max(total, 1)
-        line = (f"\rtriage [{'#' * filled}{' ' * (width - filled)}] {done[0]}/{total} dumps"
-                + (f", {done[1]} not analysed" if done[1] else ""))
-        sys.stderr.write(line if done[0] < total else "\r" + " " * len(line) + "\r")
-        sys.stderr.flush()
-
-    return update
-
-
 def summary_table(results: Sequence[Dict[str, Any]]) -> str:
     """The summary printed on stderr: one row per dump, in path order."""
     from tabulate import tabulate
@@ -649,14 +252,15 @@ def triage_main(args: argparse.Namespace) -> int:
     jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
     if jobs < 1:
         raise TargetError(f"-j {jobs}: need at least one worker")
-    progress = _progress(len(dumps)) if sys.stderr.isatty() else None
+    bar = ProgressBar("triage", "dumps", interval=0)
+    done = [0, 0]  # dumps finished, of which not analysed
 
     def emit(doc: Dict[str, Any]) -> None:
-        if progress is not None:  # keep the bar off the lines of a shared tty
-            sys.stderr.write("\r\033[K")
+        bar.clear()  # keep the bar off the lines of a shared tty
         print(json.dumps(doc), flush=True)
-        if progress is not None:
-            progress(doc)
+        done[0] += 1
+        done[1] += doc.get("status") == "error"
+        bar(done[0], len(dumps), f", {done[1]} not analysed" if done[1] else "")
 
     results = triage(dumps, jobs, getattr(args, "debug_directory", None) or [], explicit,
                      getattr(args, "vmemmap_page_type", None), emit)
