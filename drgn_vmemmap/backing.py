@@ -43,6 +43,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, 
 from drgn import Architecture, Program, ProgramFlags
 from drgn.helpers.common.prog import takes_program_or_default
 
+from .columns import coalesce
 from .features import Features
 from .model import MemoryMap, memory_map
 from .pagetable import Mapping, PageTableWalker, translate
@@ -145,17 +146,6 @@ class SelfHostedRun(NamedTuple):
 def hotplugged_blocks(mm: MemoryMap) -> Dict[int, bool]:
     """Block id -> hot-plugged: :meth:`~drgn_vmemmap.model.MemoryMap.hotplugged`."""
     return mm.hotplugged()
-
-
-def _runs(numbers: Iterable[int]) -> List[Tuple[int, int]]:
-    """Consecutive integers as ``(first, last + 1)`` runs."""
-    out: List[Tuple[int, int]] = []
-    for n in sorted(numbers):
-        if out and out[-1][1] == n:
-            out[-1] = (out[-1][0], n + 1)
-        else:
-            out.append((n, n + 1))
-    return out
 
 
 def _merge(intervals: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
@@ -331,7 +321,7 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
     mappings: List[Mapping] = []
     per = f.pages_per_section
     # One translation per run of consecutive sections.
-    for first, end in _runs(mapped):
+    for first, end in coalesce(mapped):
         start = base + first * per * sp
         length = (end - first) * per * sp
         if walker is not None:

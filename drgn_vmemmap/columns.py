@@ -13,7 +13,7 @@ every mask returned here is False on them, and callers using the raw
 columns must consult ``readable``.
 """
 
-from typing import List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -214,14 +214,31 @@ def buddy_pages(cols: PageColumns, max_order: int = 20) -> np.ndarray:
     return np.cumsum(delta[:n]) > 0
 
 
+def coalesce(numbers: Union[Iterable[int], np.ndarray]) -> List[Tuple[int, int]]:
+    """
+    The one run coalescer: integers (pfns, frames, in any order, repeats
+    allowed) as sorted ``(first, last + 1)`` runs of consecutive values.
+    """
+    a = np.asarray(numbers if isinstance(numbers, np.ndarray) else list(numbers),
+                   dtype=np.int64)
+    if a.size == 0:
+        return []
+    steps = np.diff(a)
+    if (steps <= 0).any():  # not strictly increasing (a mask's pfns are): sort
+        a = np.unique(a)
+        steps = np.diff(a)
+    breaks = np.flatnonzero(steps != 1)
+    starts = np.concatenate((a[:1], a[breaks + 1]))
+    ends = np.concatenate((a[breaks] + 1, a[-1:] + 1))
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
 def runs(mask: np.ndarray, base_pfn: int) -> List[Tuple[int, int]]:
     """
     Coalesce a boolean mask into ``(start_pfn, end_pfn)`` runs of True, the
     mask's first entry being ``base_pfn``.  End pfns are exclusive.
     """
-    padded = np.concatenate(([False], np.asarray(mask, bool), [False]))
-    edges = np.flatnonzero(padded[1:] != padded[:-1]) + base_pfn
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+    return coalesce(np.flatnonzero(np.asarray(mask, bool)) + base_pfn)
 
 
 def unreadable_ranges(cols: PageColumns) -> List[Tuple[int, int]]:
