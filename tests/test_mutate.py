@@ -284,3 +284,14 @@ def test_dump_oracle_can_fail(subjects):
     m = drawn["memmap-overwrite"]
     assert mutate_dump.judge(s, m, "ok", base, None), "an undamaged report passed"
     assert mutate_dump.judge(s, m, "refused", None, "cannot analyse")
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_boot_section_losing_present_is_reported(subjects, name):
+    """SECTION_MARKED_PRESENT cleared on a boot section: a boot block may
+    have holes (absent sections), but a hole's mem_section is all zero; one
+    that keeps its mem_map word without the bit lost it (section-state)."""
+    s = subjects[name]
+    bit = s.k.section_masks["MARKED_PRESENT"].bit_length() - 1
+    o = _outcome(s, mutate.section_mutation(s, 0, 0, [bit]))
+    assert o.broken == {"section-state"} and "section-state" in o.detected_by

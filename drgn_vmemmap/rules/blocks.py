@@ -3,7 +3,10 @@ Rules about memory blocks and their sections: block-geometry, section-state,
 early-self-hosted and altmap-mismatch.
 """
 
-from typing import Iterator
+from typing import Iterator, Optional
+
+from drgn import FaultError, Program
+from drgn.helpers.linux.mmzone import nr_to_section
 
 from ..context import Context
 from ..records import Holds, NotChecked, Result, state_name
@@ -57,6 +60,16 @@ def block_geometry(ctx: Context) -> Iterator[Result]:
 # --- section-state -------------------------------------------------------------
 
 
+def _section_word(prog: Program, nr: int) -> Optional[int]:
+    """``mem_section[nr].section_mem_map``: 0 where no root holds it, None
+    if the dump lacks it."""
+    try:
+        ms = nr_to_section(prog, nr)
+        return int(ms.section_mem_map.value_()) if ms else 0
+    except FaultError:
+        return None
+
+
 def section_state(ctx: Context) -> Iterator[Result]:
     rule = "section-state"
     mm = ctx.mm
@@ -80,12 +93,19 @@ def section_state(ctx: Context) -> Iterator[Result]:
                         (b.id + 1) * ctx.features.sections_per_block):
             s = mm.sections.get(nr)
             start = nr * per
+            found = "absent"
             if s is None and boot:
-                continue
+                # A hole is a mem_section sparse_init() never wrote: all
+                # zero.  A word left behind without SECTION_MARKED_PRESENT
+                # is a section that lost it.
+                word = _section_word(ctx.prog, nr)
+                if not word:
+                    continue
+                found = f"section_mem_map {word:#x}, not marked present"
             if s is None or not s.has("HAS_MEM_MAP"):
                 bad = True
                 yield _v(rule, start, start + per, "present with a mem_map",
-                         "absent" if s is None else "|".join(s.flag_names),
+                         found if s is None else "|".join(s.flag_names),
                          f"section {nr} of {state_name(b.state)} block {b.id} has no memmap",
                          section=nr, block=b.id)
                 continue
