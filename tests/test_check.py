@@ -269,3 +269,35 @@ def test_dump_level_from_the_kdump_header(name, reports):
     stats = reports(name).stats
     assert stats["dump_level"] == MANIFESTS[name]["dump"]["makedumpfile_level"]
     assert stats["unreadable_pfns"] == sum(e - s for s, e in reports(name).unreadable)
+
+
+BIG = [n for n in NAMES if MANIFESTS[n]["truth"]["block_size_bytes"] > 128 << 20]
+
+
+def test_big_block_fixture_present():
+    assert BIG, "the corpus has a fixture with 2 GiB memory blocks (6.12-bigblocks)"
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_big_blocks(name, reports):
+    """2 GiB blocks (x86, boot RAM ending at >= 64 GiB in a VM): 16 sections a
+    block, 32 MiB of self-hosted memmap (8192 frames, 16 PMDs) at the start of
+    each hot-plugged block, and boot blocks over an E820 hole whose absent
+    sections are no violation (add_boot_memory_block())."""
+    from drgn_vmemmap import memory_map
+
+    report = reports(name)
+    truth = MANIFESTS[name]["truth"]
+    mm = memory_map(fixture_program(name))
+    per_block = truth["block_size_bytes"] // 4096
+    assert mm.features.sections_per_block * mm.features.pages_per_section == per_block
+    assert mm.features.sections_per_block > 1
+    frames = per_block * 64 // 4096
+    assert [(r.block, r.start_pfn, r.nr_pages) for r in report.ranges] == \
+        [(r["block"], r["block"] * per_block, frames) for r in truth["self_hosted"]]
+    boot = [b["id"] for b in truth["blocks"] if not b.get("hotplugged")]
+    partial = [bid for bid in boot
+               if len(list(mm.block_sections(mm.blocks[bid]))) < mm.features.sections_per_block]
+    assert partial, "a boot block with absent sections"
+    assert "section-state" in report.holds and not report.violations
+    assert exit_status(report) == 0

@@ -85,7 +85,8 @@ DYNLOAD_SKIP = re.compile(r"^(_test|_xx|xx|_tkinter|_curses|_dbm|_gdbm|_sqlite3|
                           r"ossaudiodev|_ctypes_test|audioop|spwd)")
 DISTS = ("drgn", "numpy", "tabulate")
 #: Inside a guest: the interpreter's bin directory first, a writable HOME.
-ENV = (f"export PATH={f'{VENV}/bin:' if VENV else ''}{PREFIX}/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 "
+_PATH = (f"{VENV}/bin:" if VENV else "") + f"{PREFIX}/bin:$PATH"
+ENV = (f"export PATH={_PATH} HOME=/tmp PYTHONDONTWRITEBYTECODE=1 "
        "PYTHONHASHSEED=0; cd /tmp; ")
 DRGN_CODE = ("import sys; from drgn.commands import run_command; "
              "sys.exit(run_command(prog, 'vmemmap check --format json'))")

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "build":
         from pathlib import Path
+
         from .fixture import build_fixture
         kw = {"out_dir": Path(args.out)} if args.out else {}
         print(build_fixture(args.kernel, args.scenario,

@@ -131,6 +131,52 @@ class Runner:
                       f"[ ! -e $s ] || [ $(cat $s) = offline ] || echo offline > $s")
         self.g.unplug(dimm)
 
+    def do_block_size(self, size: int) -> None:
+        # The guest's memory block size is the geometry a scenario is for.
+        if self.block_size != size:
+            raise RuntimeError(f"guest memory blocks are {self.block_size:#x} bytes, "
+                               f"the scenario needs {size:#x}")
+
+    def _wait_blocks(self, want: List[int], what: str) -> None:
+        for _ in range(600):
+            present = truth.memory_blocks(self.g)
+            if all(b in present for b in want):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"guest did not add the blocks of {what}")
+
+    def do_sysctl(self, name: str, value: Any) -> None:
+        self.g.sh(f"echo {value} > /proc/sys/{name.replace('.', '/')}")
+
+    def do_virtio_mem(self, dev: str, requested_mb: int) -> None:
+        """Resize virtio-mem device ``dev`` (on QEMU's command line: see
+        Scenario.guest's virtio_mem) over QMP.  The guest plugs sub-blocks in
+        order and adds each memory block once it plugged its first sub-block
+        (drivers/virtio/virtio_mem.c, virtio_mem_sbm_plug_and_add_mb()); the
+        unplugged rest of a block stays fake-offline (PageOffline) once the
+        block is onlined."""
+        info = self.g.resize_virtio_mem(dev, requested_mb)
+        first = info["addr"] // self.block_size
+        self._wait_blocks(list(range(first, first - (-info["plugged_size"] // self.block_size))),
+                          dev)
+
+    def do_dax_kmem(self, dev: str, memmap_on_memory: int) -> None:
+        """Give dax device ``dev`` to kmem with its ``memmap_on_memory``
+        attribute set (drivers/dax/bus.c, memmap_on_memory_store(): refused
+        with EBUSY while kmem has it, so first unbind whatever driver has it;
+        kmem's unbind removes its offline memory).  kmem then hot-adds the
+        range with MHP_MEMMAP_ON_MEMORY (drivers/dax/kmem.c,
+        dev_dax_kmem_probe())."""
+        d = f"/sys/bus/dax/devices/{dev}"
+        self.g.sh(f"[ ! -e {d}/driver ] || echo {dev} > {d}/driver/unbind")
+        self.g.sh(f"echo {memmap_on_memory} > {d}/memmap_on_memory")
+        self.g.sh(f"echo {dev} > /sys/bus/dax/drivers/kmem/bind")
+        info = truth.dax_devices(self.g)[dev]
+        if info["driver"] != "kmem" or info["memmap_on_memory"] != bool(memmap_on_memory):
+            raise RuntimeError(f"{dev}: {info}")
+        self.g.dimms[dev] = info
+        self._wait_blocks(self.dimm_blocks(dev), dev)
+
     def do_fault(self, op: str, args: Dict[str, Any]) -> None:
         from .faults import inject
         self.faults.append(inject(self, op, args))
@@ -146,10 +192,17 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
     bs = r.block_size
     pages_per_block = bs // PAGE_SIZE
     dimms = g.memory_devices()
+    # dax/kmem ranges: hot-added by the guest's kmem driver, not by QEMU.
+    dimms.update(truth.dax_devices(g))
     hot: Dict[int, Dict[str, Any]] = {}
     for d in dimms.values():
         first = d["addr"] // bs
         n = expected_vmemmap_pages(key, param, d["size"], bs)
+        if d.get("type") == "virtio-mem" or not d.get("memmap_on_memory", True):
+            # virtio-mem never self-hosts (add_memory_driver_managed()
+            # without MHP_MEMMAP_ON_MEMORY); kmem only with the dax device's
+            # memmap_on_memory attribute (dev_dax_kmem_probe()).
+            n = 0
         for i in range(d["size"] // bs):
             hot[first + i] = {"dimm": d["id"], "index": i, "vmemmap_pages": n}
     out_blocks = []
@@ -282,7 +335,7 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
     if kd:
         cmdline += f" crashkernel={kd['crashkernel']}"
     with Guest(files["bzImage"], initramfs, work, cmdline=cmdline,
-               mem_mb=scenario.mem_mb) as g:
+               mem_mb=scenario.mem_mb, **(scenario.guest or {})) as g:
         r = Runner(name, scenario, g, truth.block_size(g))
         r.committed = committed_kernel
         clean_truth = None
@@ -317,6 +370,10 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
             # kernel's own account goes with the dump.
             capture_info = kdump.crash_and_capture(g, append, flat)
         else:
+            ram = None
+            if scenario.system_ram_only:
+                from .ramonly import system_ram
+                ram = system_ram(g.sh("cat /proc/iomem"))
             g.dump(flat)
     if kd:
         return _finish_kdump(name, scenario, manifest, flat, out_dir, capture_info, t0)
@@ -325,6 +382,10 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
         subprocess.run(["makedumpfile", "-R", str(raw)], stdin=f, check=True,
                        capture_output=True)
     flat.unlink()
+    left_out = 0
+    if ram is not None:
+        from .ramonly import keep_only
+        left_out = keep_only(raw, ram)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / f"{name}.vmcore.partial"
     # Section flags beyond makedumpfile 1.7.2's mask (the marking kernel):
@@ -364,6 +425,11 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
                         "makedumpfile_level": level, "bytes": partial.stat().st_size,
                         "section_words_scrubbed_for_makedumpfile": len(scrub),
                         "guest_seconds": round(time.monotonic() - t0, 1)}
+    if ram is not None:
+        # What the guest's /proc/iomem called System RAM: the rest of its
+        # RAM (pfns) never went into the dump (vmcores/ramonly.py).
+        manifest["dump"].update(system_ram_pfns=[list(r) for r in ram],
+                                pfns_left_out_not_system_ram=left_out)
     partial.rename(out_dir / f"{name}.vmcore")
     if level < 17 or scenario.xz:
         # Without mem_map filtering every page keeps a 24-byte descriptor

@@ -123,7 +123,8 @@ class Guest:
     def __init__(self, bzimage: Path, initramfs: Path, workdir: Path,
                  cmdline: str = "", mem_mb: int = 1024, nodes: int = 2,
                  maxmem_gb: int = 8, slots: int = 4, smp: int = 2, extra_qmp: int = 0,
-                 cpu: Optional[str] = None):
+                 cpu: Optional[str] = None, machine_opts: str = "", ram_opts: str = "",
+                 virtio_mem: Sequence[Dict[str, Any]] = ()):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
@@ -137,7 +138,10 @@ class Guest:
                 p.unlink()
         per_node = mem_mb // nodes
         argv = [
-            "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg",
+            # machine_opts: more q35 properties, e.g. ",max-ram-below-4g=1G";
+            # ram_opts: more boot RAM backend properties, e.g. ",reserve=off"
+            # (a guest far larger than the host, of which it touches little).
+            "qemu-system-x86_64", "-machine", f"q35{machine_opts}", "-accel", "tcg",
             "-smp", str(smp), "-m", f"{mem_mb}M,slots={slots},maxmem={maxmem_gb}G",
             "-kernel", str(bzimage), "-initrd", str(initramfs),
             "-append", f"console=ttyS0 nokaslr panic=-1 {cmdline}".strip(),
@@ -152,12 +156,14 @@ class Guest:
         if cpu:  # e.g. "max": user space built for x86-64-v2 (numpy 2) needs SSE4.2
             argv += ["-cpu", cpu]
         for n in range(nodes):
-            argv += ["-object", f"memory-backend-ram,id=ram{n},size={per_node}M",
+            argv += ["-object", f"memory-backend-ram,id=ram{n},size={per_node}M{ram_opts}",
                      "-numa", f"node,nodeid={n},memdev=ram{n}"
                      + (f",cpus={n}" if n < smp else "")]
         self.argv = argv
         self.proc: Optional[subprocess.Popen] = None
         self.dimms: Dict[str, Dict[str, Any]] = {}
+        for dev in virtio_mem:  # add_virtio_mem()'s arguments
+            self.add_virtio_mem(**dev)
 
     def __enter__(self) -> "Guest":
         log("boot: " + " ".join(self.argv))
@@ -193,7 +199,7 @@ class Guest:
             except OSError:
                 self.chan.close()
                 if time.monotonic() > deadline:
-                    raise RuntimeError("guest command channel never appeared")
+                    raise RuntimeError("guest command channel never appeared") from None
                 time.sleep(0.1)
         self.chan.settimeout(timeout)
         self._buf = bytearray()
@@ -212,7 +218,8 @@ class Guest:
             try:
                 data = self.chan.recv(65536)
             except socket.timeout:
-                raise RuntimeError(f"guest timed out; console tail:\n{self.console_tail()}")
+                raise RuntimeError(
+                    f"guest timed out; console tail:\n{self.console_tail()}") from None
             if not data:
                 raise RuntimeError("guest channel closed")
             self._buf += data
@@ -264,9 +271,46 @@ class Guest:
         out = {}
         for dev in self.qmp.execute("query-memory-devices"):
             d = dev["data"]
+            if dev.get("type") == "virtio-mem":
+                # addr/size: the device's whole region (its blocks); what the
+                # guest plugged of it is plugged_size.
+                out[d["id"]] = {"id": d["id"], "type": "virtio-mem", "addr": d["memaddr"],
+                                "size": d["max-size"], "node": d["node"],
+                                "plugged_size": d["size"],
+                                "requested_size": d["requested-size"],
+                                "block_size": d["block-size"]}
+                continue
             out[d["id"]] = {"id": d["id"], "addr": d["addr"], "size": d["size"],
                             "node": d["node"], "slot": d["slot"]}
         return out
+
+    # --- virtio-mem ---------------------------------------------------------------
+
+    def add_virtio_mem(self, dev_id: str, size_mb: int, node: int, block_size_mb: int = 2,
+                       requested_mb: int = 0) -> None:
+        """A virtio-mem-pci device of ``size_mb`` on ``node``, given on the
+        command line (call before booting); resize it with resize_virtio_mem."""
+        assert self.proc is None, "add_virtio_mem before the guest boots"
+        self.argv += ["-object", f"memory-backend-ram,id=mem-{dev_id},size={size_mb}M",
+                      "-device", f"virtio-mem-pci,id={dev_id},memdev=mem-{dev_id},node={node},"
+                      f"block-size={block_size_mb}M,requested-size={requested_mb}M"]
+
+    def resize_virtio_mem(self, dev_id: str, requested_mb: int, timeout: float = 120.0
+                          ) -> Dict[str, Any]:
+        """Ask the guest to (un)plug to ``requested_mb`` and wait until the
+        device says it has."""
+        self.qmp.execute("qom-set", path=f"/machine/peripheral/{dev_id}",
+                         property="requested-size", value=requested_mb << 20)
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.memory_devices()[dev_id]
+            if info["plugged_size"] == info["requested_size"] == requested_mb << 20:
+                self.dimms[dev_id] = info
+                return info
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{dev_id}: plugged {info['plugged_size']} of "
+                                   f"{requested_mb << 20} bytes")
+            time.sleep(0.5)
 
     def dump(self, path: Path, fmt: str = "kdump-zlib") -> None:
         if path.exists():

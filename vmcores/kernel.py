@@ -56,6 +56,11 @@ KERNELS: Dict[str, KernelSpec] = {
                              without=("HUGETLBFS", "HUGETLB_PAGE",
                                       "HUGETLB_PAGE_OPTIMIZE_VMEMMAP"),
                              bzimage=False),
+    # 6.12 with virtio-mem and dax/kmem (dax_hmem over a soft-reserved
+    # range): memory devices other than pc-dimm in one guest.  See
+    # configs/devices.config.
+    "6.12-devices": KernelSpec("6.12-devices", "linux-source-6.12", None,
+                               ["base", "6.12", "devices"], [], bzimage=False),
 }
 
 # Options whose absence makes a fixture meaningless.  Checked after

@@ -10,6 +10,12 @@ action.  ``fixture.py`` runs them.
     ("offline", dimm, blocks)
     ("unplug", dimm)                offline its blocks, device_del, wait for eject
     ("fault", op, {args})           faultmod.ko injects a corruption (see faultmod/)
+    ("virtio_mem", dev, size_mb)    resize a virtio-mem device (Scenario.guest's
+                                    virtio_mem) over QMP, wait for its blocks
+    ("dax_kmem", dev, 0|1)          give a dax device to kmem with that
+                                    memmap_on_memory attribute
+    ("sysctl", name, value)         write /proc/sys/NAME (dots for slashes)
+    ("block_size", bytes)           stop unless the guest's memory blocks are that big
 """
 
 import re
@@ -37,6 +43,13 @@ class Scenario(NamedTuple):
     #: appended to Debian's, "fill_mb": memory the capture userspace takes,
     #: "crashkernel": the reservation}``.
     kdump: Optional[Dict[str, Any]] = None
+    #: More ``Guest()`` keyword arguments (vmcores/guest.py), e.g.
+    #: ``{"maxmem_gb": 80, "machine_opts": ",max-ram-below-4g=1G"}``.
+    guest: Optional[Dict[str, Any]] = None
+    #: Leave the guest RAM outside the guest's "System RAM" resources (an
+    #: E820 reserved hole) out of QEMU's dump, as /proc/vmcore would
+    #: (vmcores/ramonly.py).
+    system_ram_only: bool = False
 
 
 # The guest boots with 1 GiB over two NUMA nodes and these parameters.
@@ -174,7 +187,8 @@ _add("pagetables", Scenario("6.12", _PAGETABLES_STEPS + _FAULTS_PAGETABLES, (
     "block 32, "
     "sets PG_owner_priv_1 on a user page table (Xen's PG_pinned alias), and remaps the "
     "vmemmap of a HugeTLB folio in online block 32 as HVO would (PMD split, 7 pages "
-    "onto the first, HPG_vmemmap_optimized).  makedumpfile cannot filter a dump with unmapped vmemmap, so "
+    "onto the first, HPG_vmemmap_optimized).  makedumpfile cannot filter a dump with "
+    "unmapped vmemmap, so "
     "this guest boots with 512 MiB and init_on_free=1 (free pages are zero, and -d 1 "
     "drops zero pages) to keep its dump small."),
     filters=(31, 17, 1), mem_mb=512, cmdline="init_on_free=1"))
@@ -379,3 +393,97 @@ def lookup(kernel: str, name: str) -> Tuple[str, Scenario]:
         raise UnknownScenario(f"no scenario {name!r} for kernel {kernel!r}; have: "
                        + ", ".join(sorted(SCENARIOS)))
     return full, SCENARIOS[full]
+
+
+# 2 GiB memory blocks.  x86's probe_memory_block_size() (arch/x86/mm/init_64.c)
+# takes the largest block up to 2 GiB that aligns the end of boot RAM
+# (max_pfn, from E820_TYPE_RAM entries only) when it ends at 64 GiB or more
+# on a hypervisor.  The guest has 63 GiB of RAM, 1 GiB below 4 GiB
+# (max-ram-below-4g=1G) and 62 GiB above, so RAM ends at 66 GiB; memmap=61G$4G
+# turns 4G..65G into an E820 reserved hole that memblock never sees, leaving
+# 2 GiB of boot memory (block 0: node 0's 1 GiB; block 32: node 1's 65-66 GiB)
+# with max_pfn still at 66 GiB.  The RAM backends are reserve=off (the host
+# never backs what the guest does not touch).  The DIMMs land at 66, 70 and
+# 72 GiB, 2 GiB aligned; each 2 GiB block self-hosts 32 MiB of memmap
+# (N = 8192 pages, 16 PMDs).
+_BIGBLOCKS = [
+    ("block_size", 2 << 30),
+    ("hugepages", 0, 8),
+    ("hugepages", 1, 8),
+    ("plug", "dimm0", 4096, 1),
+    ("plug", "dimm1", 2048, 0),
+    ("plug", "dimm2", 2048, 1),
+    ("online", "dimm0", "all", "online_movable"),
+    ("online", "dimm1", "all", "online_kernel"),
+    # Offlined before node 1's pool grows (see _PAGETABLES_STEPS).
+    ("offline", "dimm0", [1]),
+    ("hugepages", 1, 24),
+]
+_add("bigblocks", Scenario("6.12", _BIGBLOCKS, (
+    "2 GiB memory blocks (x86 picks them when boot RAM ends at >= 64 GiB in a VM): "
+    "63 GiB of RAM ending at 66 GiB, all but 2 GiB of it an E820 reserved hole "
+    "(memmap=61G$4G); a 4 GiB DIMM on node 1 onlined movable with its second block "
+    "offlined again, a 2 GiB DIMM on node 0 onlined as kernel memory, a 2 GiB DIMM on "
+    "node 1 never onlined; HugeTLB pools in boot memory (HVO'd) and in the movable "
+    "block.  Each self-hosted range is 8192 pages (32 MiB of memmap)."),
+    cmdline="memmap=61G$4G", mem_mb=63 * 1024, xz=True, system_ram_only=True,
+    guest={"maxmem_gb": 80, "machine_opts": ",max-ram-below-4g=1G",
+           "ram_opts": ",reserve=off"}))
+
+
+# Memory devices other than pc-dimm, in one guest (the 6.12-devices kernel,
+# configs/devices.config), with HVO on and HugeTLB pools grown after the
+# hot-adds:
+#  - dax0.0: memmap=256M%0x20000000-1+0xefffffff turns node 1's first 256 MiB
+#    of boot RAM into an E820 soft-reserved range (arch/x86/kernel/e820.c,
+#    parse_memmap_one(); e820__memblock_setup() reserves it, never adds it),
+#    which dax_hmem makes dax0.0 (drivers/dax/hmem/device.c, hmem_init();
+#    hmem.c gives its region IORESOURCE_DAX_KMEM, so kmem takes it at boot,
+#    without memmap_on_memory, and leaves its blocks offline).  The scenario
+#    unbinds it (kmem removes the memory), sets memmap_on_memory and binds it
+#    to kmem again: blocks 4 and 5, self-hosted, amid boot memory.
+#  - vm0: a 384 MiB virtio-mem device on node 0 (first in device memory, at
+#    4 GiB: blocks 32-34) resized to 200 MiB: block 32 fully plugged, 33 with
+#    36 of its 64 sub-blocks (2 MiB), 34 never added.  virtio-mem never uses
+#    memmap_on_memory; 33's unplugged sub-blocks are PageOffline once online.
+#    32 onlined as kernel memory (node 0's only Normal zone: boot memory is
+#    all DMA32), so node 0's HVO replacement pages land there.
+#  - dimm0: a 256 MiB pc-dimm on node 1 after it (blocks 35, 36), self-hosted.
+_DEVICES = [
+    # Per-CPU free lists of at most 4 batches (mm/page_alloc.c,
+    # zone_highsize(): a fraction this large gives batch * 4) instead of up
+    # to 1/8 of a zone per CPU: node 0's only Normal zone is virtio-mem's
+    # block 32, where the guest's own kpageflags readers allocate, and free
+    # pages parked on pcp lists after the read are not PageBuddy in the dump.
+    ("sysctl", "vm.percpu_pagelist_high_fraction", 1 << 20),
+    # Boot-memory folios first, HVO'd as in every HugeTLB fixture.
+    ("hugepages", 0, 8),
+    ("hugepages", 1, 8),
+    ("dax_kmem", "dax0.0", 1),
+    ("virtio_mem", "vm0", 200),
+    ("plug", "dimm0", 256, 1),
+    ("online", "dax0.0", [0], "online_movable"),
+    ("online", "dax0.0", [1], "online_kernel"),
+    ("online", "vm0", [0], "online_kernel"),
+    ("online", "vm0", [1], "online_movable"),
+    ("online", "dimm0", [0], "online_movable"),
+    ("online", "dimm0", [1], "online_kernel"),
+    # Node 0: virtio-mem's movable block, then its Normal one (HVO'd: not
+    # self-hosted).  Node 1: the self-hosted movable blocks of dax0.0 and
+    # dimm0 (HVO refused), then its kernel blocks and boot memory.
+    ("hugepages", 0, 72),
+    ("hugepages", 1, 158),
+]
+_add("mixed", Scenario("6.12-devices", list(_DEVICES), (
+    "virtio-mem, pc-dimm and dax/kmem in one guest, HVO on: dax0.0 (dax_hmem over a "
+    "soft-reserved 256 MiB of node 1's boot RAM, memmap=256M%0x20000000-1+0xefffffff) "
+    "rebound to kmem with its memmap_on_memory attribute set (blocks 4-5, self-hosted, "
+    "movable and kernel); a 384 MiB virtio-mem device on node 0 resized to 200 MiB "
+    "over QMP (block 32 plugged and onlined kernel, block 33 partly plugged and "
+    "onlined movable: 28 sub-blocks of 2 MiB PageOffline; never self-hosted); a 256 MiB "
+    "pc-dimm on node 1 (blocks 35-36, self-hosted, movable and kernel); HugeTLB pools "
+    "in boot memory (HVO'd) grown after the hot-adds (HVO'd in virtio-mem, refused in "
+    "self-hosted blocks); small per-CPU free lists (percpu_pagelist_high_fraction).  "
+    "Pages stored plain and the file xz'd."),
+    cmdline="memmap=256M%0x20000000-1+0xefffffff", xz=True,
+    guest={"virtio_mem": [{"dev_id": "vm0", "size_mb": 384, "node": 0}]}))
