@@ -58,3 +58,22 @@ def test_readme_names_the_point_release(name):
     assert f"`{m['source']}" in row and f"| {m['release']} |" in row, row
     committed = (REPO / "vmcores/kernels" / m["key"] / "source-version").read_text().strip()
     assert committed == m["source"]
+
+
+def test_vmcores_within_budget():
+    """DESIGN.md's budget: vmcores/ <= 230 MB in all (x86_64, arm64 and
+    ppc64le together), no file over 25 MB.  Counted over the files git
+    tracks, as a clone gets them."""
+    import subprocess
+
+    from conftest import REPO
+    proc = subprocess.run(["git", "ls-files", "-z", "vmcores"], cwd=REPO, capture_output=True)
+    if proc.returncode == 0:
+        files = proc.stdout.decode().split("\0")
+    else:  # not a git checkout: what is there, caches aside
+        files = [str(p.relative_to(REPO)) for p in (REPO / "vmcores").rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts]
+    sizes = {f: (REPO / f).stat().st_size for f in files if f and (REPO / f).exists()}
+    assert sum(sizes.values()) <= 230e6, f"{sum(sizes.values()) / 1e6:.1f} MB"
+    big = {f: s for f, s in sizes.items() if s > 25e6}
+    assert not big, big
