@@ -8,9 +8,16 @@ see the README.
 """
 
 import json
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from .records import NotChecked, Note, Range, Violation
+from drgn import FaultError, Program
+
+from .model import NOT_IN_DUMP
+from .records import NotChecked, Note, Range, Violation, state_name
+from .target import target_kind
+
+if TYPE_CHECKING:
+    from .context import Context
 
 __all__ = (
     "Note",
@@ -19,9 +26,12 @@ __all__ = (
     "Report",
     "SCHEMA",
     "Violation",
+    "blocks_json",
     "exit_status",
+    "features_json",
     "render_json",
     "render_table",
+    "target_json",
 )
 
 SCHEMA = 1
@@ -63,6 +73,61 @@ class Report(NamedTuple):
             "blocks": self.blocks,
             "stats": self.stats,
         }
+
+
+# --- the JSON document's parts, from a check's context ---------------------------
+
+
+def features_json(ctx: "Context") -> Dict[str, object]:
+    f = ctx.features
+    return {
+        "marker": f.markers,
+        "page_type": f"{f.page_types.scheme} ({f.page_types.source})",
+        "block_accounting": f.block_accounting,
+        "memmap_on_memory": None if f.memmap_on_memory is None
+        else f.memmap_on_memory != "N",
+        "memmap_on_memory_mode": f.memmap_on_memory,
+        "pageblock_order": f.pageblock_order,
+        "vmemmap_reserved": f.vmemmap_reserved,
+        "struct_page_size": f.layout.size,
+        "pages_per_block": f.pages_per_block,
+    }
+
+
+def target_json(prog: Program) -> Dict[str, object]:
+    try:
+        release = prog["UTS_RELEASE"].string_().decode()
+    except (KeyError, LookupError, FaultError):
+        try:
+            release = prog["init_uts_ns"].name.release.string_().decode()
+        except (KeyError, LookupError, FaultError):
+            release = "?"
+    arch = prog.platform.arch.name.lower() if prog.platform else "?"
+    return {"kind": target_kind(prog), "release": release, "arch": arch}
+
+
+def blocks_json(ctx: "Context", violations: List[Violation],
+                 raced: Iterable[int] = ()) -> List[Dict[str, object]]:
+    hosted = ctx.self_hosted_by_block()
+    bad = {v.block for v in violations if v.severity == "error"}
+    warn = {v.block for v in violations if v.severity == "warning"}
+    raced = set(raced)
+    out = []
+    for b in sorted(ctx.mm.blocks.values(), key=lambda b: b.id):
+        r = hosted.get(b.id)
+        out.append({
+            "block": b.id, "state": state_name(b.state), "node": b.nid, "zone": b.zone,
+            "start_pfn": b.start_pfn, "nr_pages": b.nr_pages,
+            "hotplugged": ctx.is_hotplugged(b),
+            "recorded_vmemmap_pages": b.vmemmap_pages,
+            "self_hosted_pages": r.frames if r else 0,
+            "verdict": "error" if b.id in bad else "warning" if b.id in warn
+            else "not checked (live race)" if b.id in raced
+            else "not checked (dump damaged)" if b.id in ctx.damaged_ids
+            else "not checked (not in the dump)" if b.error and b.error.startswith(NOT_IN_DUMP)
+            else "not checked (unreadable)" if b.error else "ok",
+        })
+    return out
 
 
 def exit_status(report: Report) -> int:
