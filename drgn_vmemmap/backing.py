@@ -47,7 +47,7 @@ from .columns import coalesce
 from .features import Features
 from .model import MemoryMap, memory_map
 from .pagetable import Mapping, PageTableWalker, translate
-from .records import state_name
+from .records import EXTENT_KINDS, BlockState, ExtentKind, MappingStatus, state_name
 
 __all__ = (
     "Backing",
@@ -61,8 +61,7 @@ __all__ = (
 )
 
 #: Extent kinds, in the order a report might list them.
-KINDS = ("self-hosted", "boot-allocated", "other-block", "ordinary", "unbacked",
-         "unreadable")
+KINDS = EXTENT_KINDS
 
 
 class Extent(NamedTuple):
@@ -93,7 +92,7 @@ class Extent(NamedTuple):
     #: None and 0 when not mapped.
     frame_start_pfn: Optional[int]
     nr_frames: int
-    kind: str
+    kind: ExtentKind
     #: Memory block id of the frames (``pfn // pages_per_block``, whether or
     #: not that block exists), None when not mapped.
     host_block: Optional[int]
@@ -138,7 +137,7 @@ class SelfHostedRun(NamedTuple):
     nr_pages: int
     #: The block's state as :func:`~drgn_vmemmap.records.state_name` spells
     #: it (``"online"``, ...), None if the block is unknown.
-    state: Optional[str]
+    state: Optional[BlockState]
     node: Optional[int]
     zone: Optional[str]
 
@@ -180,7 +179,7 @@ class _Piece(NamedTuple):
     section: int
     va0: int
     va1: int
-    status: str
+    status: MappingStatus
     frame: Optional[int]
     nframes: int
     pa0: Optional[int]
@@ -264,6 +263,7 @@ def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
     areas = _areas(mm, pieces, hot)
     for p in pieces:
         described_block = p.section // spb
+        kind: ExtentKind
         if p.frame is None:
             kind = "unbacked" if p.status == "unmapped" else "unreadable"
             out.append(Extent(p.pfn, p.stop, None, 0, kind, None, p.section, p.va0, None,

@@ -19,6 +19,7 @@ from drgn.helpers.linux.mm import (
 from drgn.helpers.linux.mmzone import for_each_present_section
 
 from .features import Features, features
+from .records import BlockState
 
 __all__ = (
     "Altmap",
@@ -69,7 +70,7 @@ class Block(NamedTuple):
     id: int
     address: int
     #: ``MEM_ONLINE``, ``MEM_OFFLINE``, ... or ``"?"`` if unreadable.
-    state: str
+    state: BlockState
     nid: Optional[int]
     zone: Optional[str]
     start_section_nr: Optional[int]

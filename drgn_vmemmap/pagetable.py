@@ -22,6 +22,8 @@ from drgn.helpers.common.prog import takes_program_or_default
 from drgn.helpers.linux.boot import pgtable_l5_enabled
 from drgn.helpers.linux.mm import follow_phys
 
+from .records import MappingStatus
+
 __all__ = (
     "Mapping",
     "PageTableWalker",
@@ -46,7 +48,7 @@ class Mapping(NamedTuple):
     #: ``"mapped"``, ``"unmapped"`` (an entry on the way is not present) or
     #: ``"unreadable"`` (a page-table page is missing from the dump, so
     #: whether it is mapped is unknown).
-    status: str = "mapped"
+    status: MappingStatus = "mapped"
     #: 0 for a linear run (``va + i`` maps ``pa + i``).  Otherwise the run is
     #: made of ``alias``-byte pieces that all map ``[pa, pa + alias)``.
     alias: int = 0

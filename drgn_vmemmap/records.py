@@ -9,10 +9,10 @@ be decided somewhere, a :class:`Note` (normal, worth knowing), a rule that
 Presentation (tables, JSON) is :mod:`~drgn_vmemmap.report`'s business.
 """
 
-from typing import Dict, NamedTuple, Optional, Union
+from typing import Dict, Literal, NamedTuple, Optional, Tuple, Union, get_args
 
-__all__ = ("STATE_NAMES", "Holds", "Note", "NotChecked", "Range", "Result", "Violation",
-           "state_name")
+__all__ = ("EXTENT_KINDS", "STATE_NAMES", "BlockState", "ExtentKind", "Holds", "MappingStatus",
+           "Note", "NotChecked", "Range", "Result", "Violation", "state_name")
 
 
 class Range(NamedTuple):
@@ -90,9 +90,26 @@ class Holds(NamedTuple):
 
 Result = Union[Violation, NotChecked, Holds, Note]
 
+#: How the frames behind a run of struct pages came to back it
+#: (:mod:`~drgn_vmemmap.backing`): the described block's own altmap area,
+#: boot memblock, another block's altmap area, the page allocator; or not
+#: mapped, or not known (a page-table page missing from the dump).
+ExtentKind = Literal["self-hosted", "boot-allocated", "other-block", "ordinary", "unbacked",
+                     "unreadable"]
+EXTENT_KINDS: Tuple[ExtentKind, ...] = get_args(ExtentKind)
+
+#: What the page tables say of a virtual range (:mod:`~drgn_vmemmap.pagetable`).
+MappingStatus = Literal["mapped", "unmapped", "unreadable"]
+
+#: A memory block's state: the name of its ``enum memory_block_state``
+#: value as the kernel's debug info spells it (``"MEM_ONLINE"``, ...), or
+#: ``"?"`` when it cannot be read.  Open-ended (kernels add states), so a
+#: ``str``; :func:`state_name` gives the one spelling users see.
+BlockState = str
+
 #: ``enum memory_block_state`` (include/linux/memory.h) -> the name sysfs
 #: shows in ``/sys/devices/system/memory/memoryN/state`` and JSON uses.
-STATE_NAMES: Dict[str, str] = {
+STATE_NAMES: Dict[BlockState, str] = {
     "MEM_ONLINE": "online", "MEM_OFFLINE": "offline", "MEM_GOING_OFFLINE": "going-offline",
     "MEM_GOING_ONLINE": "going-online", "MEM_CANCEL_ONLINE": "cancel-online",
     "MEM_CANCEL_OFFLINE": "cancel-offline", "MEM_PREPARE_ONLINE": "prepare-online",
@@ -100,6 +117,6 @@ STATE_NAMES: Dict[str, str] = {
 }
 
 
-def state_name(state: str) -> str:
+def state_name(state: BlockState) -> str:
     """``"MEM_ONLINE"`` -> ``"online"``; an unknown state lower-cased."""
     return STATE_NAMES.get(state, state.lower())
