@@ -45,6 +45,7 @@ from conftest import fixture_program, manifests
 
 # The module (the package's ``check`` attribute is the function).
 check_mod = importlib.import_module("drgn_vmemmap.check")
+context_mod = importlib.import_module("drgn_vmemmap.context")
 
 RACE = re.compile(r"live race: block (\d+) changed during the check")
 STATE = "/sys/devices/system/memory/memory{}/state"
@@ -172,8 +173,11 @@ def flickering_memory_map(monkeypatch, block: int, flicker_until: int):
                     mm.sections[nr] = s._replace(flags=s.flags ^ (1 << 40))
         return mm
 
-    monkeypatch.setattr(check_mod, "target_kind", lambda prog: "qmp")
-    monkeypatch.setattr(check_mod, "memory_map", fake)
+    # check() re-reads the map itself; its Context (drgn_vmemmap.context)
+    # reads the first one.
+    for mod in (check_mod, context_mod):
+        monkeypatch.setattr(mod, "target_kind", lambda prog: "qmp")
+        monkeypatch.setattr(mod, "memory_map", fake)
     return calls
 
 
@@ -225,9 +229,9 @@ def ticking_epoch(monkeypatch):
 
     def fake(prog):
         ticks.append(1)
-        return check_mod._Epoch(len(ticks), False)
+        return check_mod.Epoch(len(ticks), False)
 
-    monkeypatch.setattr(check_mod, "_hotplug_epoch", fake)
+    monkeypatch.setattr(check_mod, "hotplug_epoch", fake)
     return ticks
 
 
@@ -261,8 +265,8 @@ def test_race_blocks_from_every_read(monkeypatch, faults_prog):
 def test_vmcore_is_read_once(monkeypatch, faults_prog):
     real = check_mod.memory_map
     calls = []
-    monkeypatch.setattr(check_mod, "memory_map",
-                        lambda *a: calls.append(1) or real(*a))
+    for mod in (check_mod, context_mod):
+        monkeypatch.setattr(mod, "memory_map", lambda *a: calls.append(1) or real(*a))
     report = check(faults_prog)
     assert len(calls) == 1
     assert "live_retries" not in report.stats
