@@ -211,9 +211,11 @@ def main() -> int:
 
     targets = []
     for path in sorted(FIXTURES.glob("*.json")):
-        vmcore = path.with_suffix(".vmcore")
+        manifest = json.loads(path.read_text())
+        # The committed dump: NAME.vmcore, or NAME.vmcore.xz (opened through the cache).
+        vmcore = FIXTURES / manifest.get("dump", {}).get("file", path.stem + ".vmcore")
         if vmcore.exists() and (not args.vmcores or path.stem in args.vmcores):
-            vmlinux = vmlinux_for(json.loads(path.read_text()))
+            vmlinux = vmlinux_for(manifest)
             if vmlinux:
                 targets.append((path.stem, str(vmcore), vmlinux))
             else:
@@ -227,7 +229,8 @@ def main() -> int:
     for label, vmcore, vmlinux in targets:
         results.append(bench(label, vmcore, vmlinux, args.limit, args.repeat, args.jobs))
         if args.elf:
-            elf = Path(args.elf_dir) / (Path(vmcore).stem + ".elf")
+            plain = vmcore[:-3] if vmcore.endswith(".xz") else vmcore
+            elf = Path(args.elf_dir) / (Path(plain).stem + ".elf")
             if not elf.exists():
                 elf.parent.mkdir(parents=True, exist_ok=True)
                 ram, sec = write_elf(open_target(vmcore=vmcore, symbols=[vmlinux]), elf)

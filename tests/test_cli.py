@@ -8,12 +8,25 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from drgn_vmemmap.target import decompressed
 
 from conftest import FIXTURES, manifests, vmlinux_for
 
 MANIFESTS = manifests()
+
+
+def dump_file(name):
+    """Fixture ``name``'s dump as committed (``.vmcore`` or ``.vmcore.xz``)."""
+    return FIXTURES / MANIFESTS[name]["dump"]["file"]
+
+
+def plain_dump(name):
+    """Fixture ``name``'s kdump file itself (an ``.xz`` decompressed once, cached)."""
+    return Path(decompressed(str(dump_file(name))))
 
 
 def run(*args, **kw):
@@ -202,18 +215,18 @@ def test_user_space_core(tmp_path):
 
 def test_wrong_vmlinux():
     m61 = MANIFESTS["6.1-hotplug-basic"]
-    line = one_line_error(run("-c", FIXTURES / "6.12-hotplug-basic.vmcore",
+    line = one_line_error(run("-c", dump_file("6.12-hotplug-basic"),
                               "-s", vmlinux_for(m61), "check"))
     assert "debug info" in line or "vmlinux" in line
 
 
 def test_missing_vmlinux_file(tmp_path):
-    one_line_error(run("-c", FIXTURES / "6.12-hotplug-basic.vmcore",
+    one_line_error(run("-c", dump_file("6.12-hotplug-basic"),
                        "-s", tmp_path / "vmlinux", "check"))
 
 
 def test_truncated_dump(tmp_path):
-    src = FIXTURES / "6.12-hotplug-basic.vmcore"
+    src = plain_dump("6.12-hotplug-basic")
     cut = tmp_path / "truncated.vmcore"
     with open(src, "rb") as f:
         cut.write_bytes(f.read(os.path.getsize(src) // 3))
@@ -242,7 +255,7 @@ def test_list_rules():
 def test_zeroed_vmcoreinfo(tmp_path):
     """A kdump file whose VMCOREINFO was wiped: one line, exit 2 (or, if drgn
     still finds the kernel, a normal report) and never a traceback."""
-    src = FIXTURES / "6.12-hotplug-basic.vmcore"
+    src = plain_dump("6.12-hotplug-basic")
     data = bytearray(src.read_bytes())
     assert data[:8] == b"KDUMP   "
     # The VMCOREINFO text ("OSRELEASE=...\n...") sits in makedumpfile's

@@ -38,7 +38,9 @@ def test_rebuild_6_12_hotplug_basic(tmp_path):
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     new = json.loads((out / "6.12-hotplug-basic.json").read_text())
-    assert (out / "6.12-hotplug-basic.vmcore").stat().st_size > 1_000_000
+    # Pages stored plain, the file xz'd (scenario xz=True), as committed.
+    assert new["dump"]["file"] == committed["dump"]["file"] == "6.12-hotplug-basic.vmcore.xz"
+    assert (out / new["dump"]["file"]).stat().st_size > 1_000_000
     assert not list(out.glob("*.partial"))
     for key in ("self_hosted", "memmap_on_memory", "block_size_bytes", "dimms"):
         assert new["truth"][key] == committed["truth"][key], key
@@ -54,13 +56,13 @@ def test_rebuild_6_12_hotplug_basic(tmp_path):
 
     # The new dump is analysed like the committed one.
     from drgn_vmemmap import check, open_target
-    prog = open_target(vmcore=str(out / "6.12-hotplug-basic.vmcore"),
+    prog = open_target(vmcore=str(out / new["dump"]["file"]),
                        symbols=[str(tmp_path / "cache/build/6.12/vmlinux")])
     report = check(prog)
     assert not report.violations
     assert [(r.block, r.start_pfn, r.nr_pages) for r in report.ranges] == \
         [(r["block"], r["start_pfn"], r["nr_pages"]) for r in committed["truth"]["self_hosted"]]
-    old = open_target(vmcore=str(ROOT / "vmcores/fixtures/6.12-hotplug-basic.vmcore"),
+    old = open_target(vmcore=str(ROOT / "vmcores/fixtures" / committed["dump"]["file"]),
                       symbols=[str(ROOT / "vmcores/kernels/6.12/vmlinux.xz")])
     old_report = check(old)
     verdicts = lambda r: [(b["block"], b["state"], b["verdict"]) for b in r.blocks]

@@ -7,6 +7,8 @@ import sys
 import pytest
 from drgn.commands import run_command
 
+from drgn_vmemmap.target import decompressed
+
 from conftest import FIXTURES, fixture_program, manifests, vmlinux_for
 
 MANIFESTS = manifests()
@@ -15,8 +17,10 @@ MANIFESTS = manifests()
 def drgn_script(name, code):
     """Run ``code`` under the real drgn CLI on a fixture (plugins load as for a user)."""
     m = MANIFESTS[name]
+    # drgn opens the kdump file itself: an .xz fixture through the cache.
+    vmcore = decompressed(str(FIXTURES / m["dump"]["file"]))
     return subprocess.run(
-        [sys.executable, "-m", "drgn", "-q", "-c", str(FIXTURES / f"{name}.vmcore"),
+        [sys.executable, "-m", "drgn", "-q", "-c", vmcore,
          "-s", vmlinux_for(m), "-e", code],
         capture_output=True, text=True, timeout=300)
 
