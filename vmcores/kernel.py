@@ -124,7 +124,10 @@ def fetch_source(ks: KernelSpec, version: Optional[str] = None) -> Tuple[Path, d
         run(["dpkg-deb", "-x", str(deb), str(unpack)])
         tarball = next((unpack / "usr" / "src").glob("linux-source-*.tar.*"))
         with tarfile.open(tarball) as tf:
-            tf.extractall(unpack / "x", filter="fully_trusted")
+            if hasattr(tarfile, "fully_trusted_filter"):  # 3.11.4+, 3.12+
+                tf.extractall(unpack / "x", filter="fully_trusted")
+            else:  # Debian 12's python3 (3.11.2): no filters, the same behaviour
+                tf.extractall(unpack / "x")
         (top,) = (unpack / "x").iterdir()
         shutil.rmtree(tree, ignore_errors=True)
         top.rename(tree)
