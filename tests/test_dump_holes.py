@@ -114,10 +114,8 @@ def _phys(prog, addr: int) -> int:
 
 def _overwrite(src: Path, dst: Path, paddr: int, data: bytes) -> None:
     """Write ``data`` at physical ``paddr`` of ELF core ``dst`` (a copy of ``src``)."""
-    import shutil
-
-    from tools.elfcore import file_offset, load_segments
-    shutil.copyfile(src, dst)
+    from tools.elfcore import file_offset, load_segments, sparse_copy
+    sparse_copy(src, dst)
     segs = load_segments(dst)
     with open(dst, "r+b") as f:
         for i in range(0, len(data), PAGE):

@@ -14,12 +14,11 @@ the structures on that page are lost.
 It reads and writes ELF headers only (tools/elfcore.py parses them).
 """
 
-import shutil
 import struct
 from pathlib import Path
 from typing import Callable, Iterable, List, Tuple, Union
 
-from tools.elfcore import program_headers
+from tools.elfcore import program_headers, sparse_copy
 
 PT_LOAD = 1
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -32,7 +31,7 @@ def exclude_pages(src: Union[str, Path], dst: Union[str, Path], paddrs: Iterable
     :return: how many pages were taken out (pages not in the dump are
         ignored).
     """
-    shutil.copyfile(src, dst)
+    sparse_copy(src, dst)  # the copy of a sparse ELF stays sparse
     removed, _ = exclude_in_place(dst, paddrs, page_size)
     return removed
 

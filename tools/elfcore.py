@@ -153,6 +153,26 @@ def write_elf(prog: Program, out: Union[str, Path], holes: bool = False) -> Tupl
     return total, time.perf_counter() - t
 
 
+def sparse_copy(src: Union[str, Path], dst: Union[str, Path]) -> None:
+    """Copy ``src`` to ``dst`` keeping holes (SEEK_DATA / SEEK_HOLE)."""
+    size = os.path.getsize(src)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        fo.truncate(size)
+        fdi, fdo = fi.fileno(), fo.fileno()
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fdi, pos, os.SEEK_DATA)
+            except OSError:  # no more data
+                break
+            hole = os.lseek(fdi, data, os.SEEK_HOLE)
+            while data < hole:
+                n = min(hole - data, 8 << 20)
+                os.pwrite(fdo, os.pread(fdi, n, data), data)
+                data += n
+            pos = hole
+
+
 def program_headers(fp, path: Union[str, Path] = "") -> Tuple[int, int, bytes]:
     """``(e_phentsize, e_phnum, the program header table)`` of the 64-bit
     little-endian ELF file open as ``fp``."""

@@ -38,7 +38,7 @@ from drgn.helpers.linux.mm import (  # noqa: E402
 )
 from drgn.helpers.linux.mmzone import for_each_present_section  # noqa: E402
 
-from tools.elfcore import Segment, file_offset, load_segments, write_elf  # noqa: E402
+from tools.elfcore import Segment, file_offset, load_segments, sparse_copy, write_elf  # noqa: E402
 
 FIXTURES = ROOT / "vmcores" / "fixtures"
 KERNELS = ROOT / "vmcores" / "kernels"
@@ -134,25 +134,6 @@ def elf_copy(vmcore: Path, vmlinux: Path) -> Path:
         tmp.rename(out)
     return out
 
-
-def sparse_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` keeping holes (SEEK_DATA / SEEK_HOLE)."""
-    size = src.stat().st_size
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        fo.truncate(size)
-        fdi, fdo = fi.fileno(), fo.fileno()
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fdi, pos, os.SEEK_DATA)
-            except OSError:  # no more data
-                break
-            hole = os.lseek(fdi, data, os.SEEK_HOLE)
-            while data < hole:
-                n = min(hole - data, 8 << 20)
-                os.pwrite(fdo, os.pread(fdi, n, data), data)
-                data += n
-            pos = hole
 
 # --- the checker, out of process ---------------------------------------------------------
 
