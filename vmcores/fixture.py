@@ -8,6 +8,7 @@ is renamed into place only when complete.
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -301,7 +302,7 @@ print(n)
     pages_per_block = manifest["truth"]["block_size_bytes"] // PAGE_SIZE
     online = ",".join(str(b["id"]) for b in manifest["truth"]["blocks"]
                       if b["state"] == "online")
-    proc = subprocess.run(["python3", "-c", code, str(vmcore), str(vmlinux), online,
+    proc = subprocess.run([sys.executable, "-c", code, str(vmcore), str(vmlinux), online,
                            str(pages_per_block)], capture_output=True, text=True)
     if proc.returncode != 0:
         return (proc.stderr.strip().splitlines() or ["?"])[-1]

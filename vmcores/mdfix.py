@@ -30,6 +30,7 @@ the pages a correct ``-d`` filter excludes left out.
 import json
 import struct
 import subprocess
+import sys
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -70,7 +71,7 @@ print(json.dumps(out))
 
 def scrub_plan(raw: Path, vmlinux: Path) -> List[Word]:
     """The section words of ``raw`` (QEMU's kdump file) that makedumpfile would misdecode."""
-    proc = subprocess.run(["python3", "-c", _PLAN, str(raw), str(vmlinux),
+    proc = subprocess.run([sys.executable, "-c", _PLAN, str(raw), str(vmlinux),
                            str(MAKEDUMPFILE_MAP_BITS)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("reading mem_section from the raw dump failed: "
