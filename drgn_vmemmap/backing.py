@@ -55,7 +55,6 @@ __all__ = (
     "KINDS",
     "SelfHostedRun",
     "frames_to_described",
-    "hotplugged_blocks",
     "self_hosted_runs",
     "vmemmap_backing",
 )
@@ -140,11 +139,6 @@ class SelfHostedRun(NamedTuple):
     state: Optional[BlockState]
     node: Optional[int]
     zone: Optional[str]
-
-
-def hotplugged_blocks(mm: MemoryMap) -> Dict[int, bool]:
-    """Block id -> hot-plugged: :meth:`~drgn_vmemmap.model.MemoryMap.hotplugged`."""
-    return mm.hotplugged()
 
 
 def _merge(intervals: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
@@ -328,7 +322,7 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
             mappings.extend(walker.translate(start, length))
         else:
             mappings.extend(translate(prog, start, length, slow=True))
-    _classify(mm, result, mappings, hotplugged_blocks(mm))
+    _classify(mm, result, mappings, mm.hotplugged())
     if walker is not None:
         result.tables_read = walker.tables_read
     result.seconds = time.perf_counter() - t0

@@ -106,7 +106,7 @@ class Context:
     def hotplugged(self) -> Dict[int, bool]:
         """Block id -> hot-plugged (present sections, none of them early)."""
         if self._hot is None:
-            self._hot = _backing.hotplugged_blocks(self.mm)
+            self._hot = self.mm.hotplugged()
         return self._hot
 
     def xarray_blocks(self) -> Optional[Dict[int, Optional[int]]]:

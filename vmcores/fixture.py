@@ -103,13 +103,7 @@ class Runner:
     def do_plug(self, dimm: str, size_mb: int, node: int) -> None:
         self.g.plug(dimm, size_mb, node)
         # Wait until the guest has added every block of the DIMM.
-        want = self.dimm_blocks(dimm)
-        for _ in range(600):
-            present = truth.memory_blocks(self.g)
-            if all(b in present for b in want):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"guest did not add the blocks of {dimm}")
+        self._wait_blocks(self.dimm_blocks(dimm), dimm)
 
     def _select(self, dimm: str, blocks: Any) -> List[int]:
         ids = self.dimm_blocks(dimm)
