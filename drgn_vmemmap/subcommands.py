@@ -71,14 +71,38 @@ def _check(prog: "Program", args: argparse.Namespace) -> Output:
     return Output(report.to_json(), render_table(report), exit_status(report))
 
 
-def _table_command(name: str) -> Callable[["Program", argparse.Namespace], Output]:
-    def run(prog: "Program", args: argparse.Namespace) -> Output:
-        from . import commands
+# What each table subcommand runs, imported when it runs (the %vmemmap
+# plugin builds its parser at drgn's start-up, before any of it is needed).
 
-        data, table = getattr(commands, "cmd_" + name)(prog, args)
-        return Output(data, table)
 
-    return run
+def _ranges(prog: "Program", args: argparse.Namespace) -> Output:
+    from .commands import cmd_ranges
+
+    return Output(*cmd_ranges(prog, args))
+
+
+def _blocks(prog: "Program", args: argparse.Namespace) -> Output:
+    from .commands import cmd_blocks
+
+    return Output(*cmd_blocks(prog, args))
+
+
+def _sections(prog: "Program", args: argparse.Namespace) -> Output:
+    from .commands import cmd_sections
+
+    return Output(*cmd_sections(prog, args))
+
+
+def _explain(prog: "Program", args: argparse.Namespace) -> Output:
+    from .commands import cmd_explain
+
+    return Output(*cmd_explain(prog, args))
+
+
+def _features(prog: "Program", args: argparse.Namespace) -> Output:
+    from .commands import cmd_features
+
+    return Output(*cmd_features(prog, args))
 
 
 def _triage(args: argparse.Namespace) -> int:
@@ -108,7 +132,7 @@ for v in report.violations:
 """),
     Subcommand(
         "ranges", "self-hosted vmemmap ranges found from the page tables",
-        _table_command("ranges"), drgn_code="""\
+        _ranges, drgn_code="""\
 from drgn_vmemmap import memory_map, vmemmap_backing, self_hosted_ranges
 
 mm = memory_map(prog)
@@ -117,7 +141,7 @@ for r in self_hosted_ranges(prog, mm, vmemmap_backing(prog, mm)):
 """),
     Subcommand(
         "blocks", "memory blocks: state, node, zone, recorded vmemmap pages",
-        _table_command("blocks"), drgn_code="""\
+        _blocks, drgn_code="""\
 from drgn_vmemmap import memory_map
 
 for block in memory_map(prog).blocks.values():
@@ -125,14 +149,14 @@ for block in memory_map(prog).blocks.values():
 """),
     Subcommand(
         "sections", "present SPARSEMEM sections and their flags",
-        _table_command("sections"), drgn_code="""\
+        _sections, drgn_code="""\
 from drgn_vmemmap import memory_map
 
 for section in memory_map(prog).sections.values():
     print(section.nr, hex(section.start_pfn), "|".join(section.flag_names))
 """),
     Subcommand(
-        "explain", "everything known about one pfn", _table_command("explain"),
+        "explain", "everything known about one pfn", _explain,
         (arg("pfn", type=_pfn, help="page frame number (0x... accepted)"),),
         drgn_code="""\
 from drgn_vmemmap import explain_pfn
@@ -140,7 +164,7 @@ from drgn_vmemmap import explain_pfn
 print(explain_pfn(prog, {pfn}))
 """),
     Subcommand(
-        "features", "what was detected about this kernel", _table_command("features"),
+        "features", "what was detected about this kernel", _features,
         drgn_code="""\
 from drgn_vmemmap import features
 
