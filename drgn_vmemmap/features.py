@@ -230,6 +230,13 @@ def _symbol_exists(prog: Program, name: str) -> bool:
         return False
 
 
+#: Functions of mm/hugetlb_vmemmap.c, built only with HVO
+#: (CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP): its initcall (5.13 on), and the
+#: optimising entry points of 6.1 and of 6.8 on.
+_HVO_SYMBOLS = ("hugetlb_vmemmap_init", "hugetlb_vmemmap_optimize",
+                "hugetlb_vmemmap_optimize_folio")
+
+
 def _pageblock_order(prog: Program, page_shift: int) -> Tuple[Optional[int], str]:
     """
     ``pageblock_order`` (include/linux/pageblock-flags.h), which decides how
@@ -344,6 +351,11 @@ def features(prog: Program, vmemmap_page_type: Optional[int] = None) -> Features
         lru=_member_offset(prog, "struct page", "lru"),
     )
     hpg = _enumerators(prog, "enum hugetlb_page_flags").get("HPG_vmemmap_optimized")
+    if hpg is not None and not any(_symbol_exists(prog, s) for s in _HVO_SYMBOLS):
+        # The flag is declared either way; without
+        # CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP (arm64 and ppc64 in 6.12: no
+        # ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP) nothing ever sets it.
+        hpg = None
     nodes_shift, zones_shift, zone_names = _node_zone_layout(prog)
     page_shift = prog["PAGE_SHIFT"].value_()
     pb_order, pb_source = _pageblock_order(prog, page_shift)

@@ -55,7 +55,8 @@ def pooled_folios(prog: Program, f: Features) -> Tuple[List[Folio], List[str]]:
                                          f"counts ({limit})")
                     seen.add(addr)
                     pfn = (addr - f.vmemmap_base) // f.layout.size
-                    optimized = bool(page.private.value_() >> f.hpg_vmemmap_optimized & 1)
+                    optimized = (f.hpg_vmemmap_optimized is not None and bool(
+                        page.private.value_() >> f.hpg_vmemmap_optimized & 1))
                     out.append((pfn, nr_pages, optimized))
             except (FaultError, ValueError) as e:
                 problems.append(f"hstate {i} {what}: {e} (after {len(seen)} folios)")

@@ -239,7 +239,7 @@ def build_top(dest: Path) -> Path:
         for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "mnt"):
             (root / d).mkdir()
         shutil.copy(BUSYBOX, root / "bin" / "busybox")
-        (root / "init").write_text(INIT)
+        (root / "init").write_text(INIT.replace("@CHANNEL@", "/dev/ttyS1"))
         (root / "init").chmod(0o755)
         site = root / SITE.relative_to("/")
         pkg = Path(drgn_vmemmap.__file__).parent

@@ -48,10 +48,16 @@ def test_folios_match_kpageflags(name):
 def test_optimized_means_remapped(name):
     ctx = Context(fixture_program(name))
     fake = injected_hpg(MANIFESTS[name])
+    # Kernels without HVO (arm64 and ppc64 6.12: no
+    # ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP) optimise nothing.
+    hvo = kernel_config(MANIFESTS[name], "HUGETLB_PAGE_OPTIMIZE_VMEMMAP") == "y"
     optimized = 0
     for pfn, nr, opt in ctx.hugetlb_folios():
         aliased = any(e.aliased for e in ctx.extents()
                       if e.described_start_pfn < pfn + nr and pfn < e.described_end_pfn)
+        if not hvo:
+            assert not opt and not aliased, hex(pfn)
+            continue
         if fake.get(pfn) == "hpg_optimized":
             # faultmod set only the flag: the vmemmap was never remapped.
             assert opt and not aliased
@@ -61,7 +67,7 @@ def test_optimized_means_remapped(name):
             # Boot-memory folios are optimised on every fixture kernel.
             assert opt, hex(pfn)
             optimized += 1
-    assert optimized >= 8
+    assert optimized >= 8 or not hvo
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if MANIFESTS[n]["kernel"]["key"] != "6.1"

@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
-from drgn import FaultError, Program
+from drgn import Architecture, FaultError, Program
+from drgn.helpers.linux.mm import phys_to_virt
 from drgn.helpers.linux.mmzone import for_each_present_section
 
 __all__ = ("Segment", "file_offset", "load_segments", "write_elf")
 
 PT_LOAD = 1
 PT_NOTE = 4
+#: e_machine of each architecture with fixtures (little-endian all).
+_EM = {Architecture.X86_64: 62, Architecture.AARCH64: 183, Architecture.PPC64: 21}
 
 
 class Segment(NamedTuple):
@@ -92,7 +95,7 @@ def write_elf(prog: Program, out: Union[str, Path], holes: bool = False) -> Tupl
             ranges[-1][1] += per
         else:
             ranges.append([nr * per, nr * per + per])
-    direct_map = prog["page_offset_base"].value_()
+    machine = _EM[prog.platform.arch] if prog.platform is not None else 62
     segments: List[Tuple[int, int, int]] = []  # (file offset, paddr, size)
     tmp = out.with_name(f"{out.name}.partial{os.getpid()}")
     total = 0
@@ -138,13 +141,14 @@ def write_elf(prog: Program, out: Union[str, Path], holes: bool = False) -> Tupl
         phoff = -(-(note_off + len(note)) // 8) * 8
         phdrs = [struct.pack("<IIQQQQQQ", PT_NOTE, 0, note_off, 0, 0, len(note), 0, 4)]
         for foff, pa, size in segments:
-            phdrs.append(struct.pack("<IIQQQQQQ", PT_LOAD, 7, foff, direct_map + pa, pa,
+            vaddr = phys_to_virt(prog, pa).value_()  # the direct map's address
+            phdrs.append(struct.pack("<IIQQQQQQ", PT_LOAD, 7, foff, vaddr, pa,
                                      size, size, page))
         phnum = len(phdrs)
         if phnum >= 0xFFFF:
             raise ValueError(f"{phnum} segments: more than an ELF header can count")
         ehdr = struct.pack("<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"\0" * 7,
-                           4, 62, 1, 0, phoff, 0, 0, 64, 56, phnum, 64, 0, 0)  # ET_CORE, x86_64
+                           4, machine, 1, 0, phoff, 0, 0, 64, 56, phnum, 64, 0, 0)  # ET_CORE
         fp.seek(0)
         fp.write(ehdr)
         fp.seek(note_off)

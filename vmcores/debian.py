@@ -17,6 +17,7 @@ once more when a download finds the mirror has moved on since.
 
 import functools
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -250,3 +251,50 @@ def unavailable_message(package: str, apt: Apt) -> str:
     suites = ", ".join(dict.fromkeys(s for _, s in apt.sources))
     return (f"{package}: no such package in any Debian suite this machine reaches "
             f"({suites}); series available: {listing or 'none'}")
+
+
+#: Debian's name for each fixture architecture.
+DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64", "ppc64le": "ppc64el"}
+
+
+def foreign_busybox(arch: str) -> Path:
+    """A static busybox for ``arch`` (a fixture architecture), for the
+    initramfs of a foreign-architecture guest: ``busybox-static`` of the
+    machine's own suites, the same version as the host's, fetched straight
+    from the mirror's pool.  The private apt lists are amd64's only (another
+    architecture's would triple every list refresh), so the pool file name
+    is the amd64 one with the architecture swapped: Debian builds every
+    architecture of a version from one source into one pool directory.
+    Cached in ``CACHE/busybox/ARCH``."""
+    import urllib.request
+
+    dest = CACHE / "busybox" / arch / "busybox"
+    if dest.exists():
+        return dest
+    apt = Apt()
+    cand = resolve("busybox-static", None, apt)
+    show = apt.apt_cache("show", f"busybox-static={cand.version}")
+    filename = re.search(r"^Filename: (\S+)_amd64\.deb$", show, re.M)
+    if filename is None:
+        raise Unavailable(f"busybox-static {cand.version}: no amd64 pool file to follow")
+    uri = next(u for u, s in apt.sources if s == cand.suite)
+    # A binNMU ("+b1") is per architecture: the other may have none.
+    stems = dict.fromkeys([filename.group(1), re.sub(r"\+b\d+$", "", filename.group(1))])
+    work = dest.parent / "unpack"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for stem in stems:
+        url = f"{uri}/{stem}_{DEB_ARCH[arch]}.deb"
+        log(f"fetch {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=120) as r:
+                (work / "busybox.deb").write_bytes(r.read())
+            break
+        except OSError as e:
+            error = f"could not fetch {url}: {e}"
+    else:
+        raise Unavailable(error)
+    subprocess.run(["dpkg-deb", "-x", str(work / "busybox.deb"), str(work / "x")], check=True)
+    (work / "x" / "bin" / "busybox").rename(dest)
+    shutil.rmtree(work)
+    return dest

@@ -15,7 +15,7 @@ from typing import Any, Dict
 from . import kernel
 from .paths import CACHE, HERE, run
 
-PAGE_SIZE = 4096
+# 128 MiB sections of 4K pages: x86-64 and arm64 with 4K pages.
 SECTION_PAGES = 1 << (27 - 12)
 
 
@@ -31,7 +31,7 @@ def build_module(key: str, committed: bool = False) -> Path:
     # Module.symvers: modpost cannot tell exported symbols from typos and
     # only warns.  The guest's insmod resolves them by name (no MODVERSIONS)
     # and fails loudly on any it lacks.
-    run(["make", "-C", str(obj), f"M={src}", "modules",
+    run(["make", "-C", str(obj), f"M={src}", "modules", *kernel._arch_args(kernel.spec(key)),
          *(["KBUILD_MODPOST_WARN=1"] if committed else [])])
     return src / "faultmod.ko"
 
@@ -52,14 +52,14 @@ def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
                         "target_block", "target_offset")}
     if "block_id" in args:
         # A boot block, by id.
-        pages_per_block = runner.block_size // PAGE_SIZE
+        pages_per_block = runner.block_size // runner.page_size
         out["block"] = args["block_id"]
         out["pfn"] = args["block_id"] * pages_per_block + args.get("offset", 0)
         out["section"] = out["pfn"] // SECTION_PAGES
     if "dimm" in args:
         blocks = runner.dimm_blocks(args["dimm"])
         bid = blocks[args.get("block", 0)]
-        pages_per_block = runner.block_size // PAGE_SIZE
+        pages_per_block = runner.block_size // runner.page_size
         out["block"] = bid
         out["pfn"] = bid * pages_per_block + args.get("offset", 0)
         out["section"] = out["pfn"] // SECTION_PAGES + args.get("section_index", 0)
@@ -67,7 +67,7 @@ def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     if "target_dimm" in args:
         # A frame of another DIMM block (its first, or target_offset pages
         # in), for page-table remapping.
-        pages_per_block = runner.block_size // PAGE_SIZE
+        pages_per_block = runner.block_size // runner.page_size
         out["value"] = runner.dimm_blocks(args["target_dimm"])[args.get("target_block", 0)] \
             * pages_per_block + args.get("target_offset", 0)
     for k, v in list(out.items()):
@@ -87,7 +87,7 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
     if "hugepage" in args:
         # The n-th HugeTLB head inside the block, from kpageflags.
         from .truth import hugepage_heads, kpageflags_runs
-        pages_per_block = runner.block_size // PAGE_SIZE
+        pages_per_block = runner.block_size // runner.page_size
         heads = hugepage_heads(kpageflags_runs(runner.g, target["block"] * pages_per_block,
                                                pages_per_block))
         target["pfn"] = heads[args["hugepage"]]
@@ -110,7 +110,7 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         # now show with PG_owner_priv_1.
         from .truth import kpageflags_runs
         pfn = reports[0]["pfn"]
-        target.update(pfn=pfn, block=pfn // (runner.block_size // PAGE_SIZE),
+        target.update(pfn=pfn, block=pfn // (runner.block_size // runner.page_size),
                       section=pfn // SECTION_PAGES)
         runs = kpageflags_runs(runner.g, pfn, 1)
         if not {"owner_private", "pgtable"} <= set(runs[0][2]):

@@ -28,7 +28,17 @@ def kernel_version(key: str) -> tuple:
     return tuple(int(x) for x in key.split("-")[0].split("."))
 
 
-def expected_vmemmap_pages(key: str, param: str, dimm_size: int, block_size: int) -> int:
+def page_size(config: Dict[str, str]) -> int:
+    """The kernel's base page size, from its config."""
+    for opt, size in (("PPC_64K_PAGES", 65536), ("ARM64_64K_PAGES", 65536),
+                      ("ARM64_16K_PAGES", 16384)):
+        if config.get(opt) == "y":
+            return size
+    return 4096
+
+
+def expected_vmemmap_pages(key: str, param: str, dimm_size: int, block_size: int,
+                           page: int = PAGE_SIZE) -> int:
     """How many pages at the start of each block of a DIMM hold its own memmap.
 
     The kernel's rule (mm/memory_hotplug.c, mhp_supports_memmap_on_memory):
@@ -40,7 +50,7 @@ def expected_vmemmap_pages(key: str, param: str, dimm_size: int, block_size: int
         return 0
     if kernel_version(key) < (6, 6) and dimm_size != block_size:
         return 0
-    return (block_size // PAGE_SIZE) * STRUCT_PAGE_SIZE // PAGE_SIZE
+    return (block_size // page) * STRUCT_PAGE_SIZE // page
 
 
 #: What a self-hosted vmemmap page shows in kpageflags on the marking kernel.
@@ -59,9 +69,10 @@ def kernel_files(key: str, committed: bool = False) -> Dict[str, Path]:
     new scenario's dump pairs with a vmlinux.xz already in the repository."""
     if not committed:
         build = kernel.build_kernel(key)
-        return {"bzImage": build / "bzImage", "vmlinux": build / "vmlinux", "info": build}
+        return {"bzImage": kernel.boot_image(build), "vmlinux": build / "vmlinux",
+                "info": build}
     d = KERNEL_DIR / key
-    if not (d / "bzImage").exists():
+    if not kernel.boot_image(d).exists():
         raise kernel.debian.Unavailable(
             f"kernel {key}: no committed bzImage in {d} (only kernels that live tests "
             "boot keep one); build it from source instead")
@@ -70,7 +81,7 @@ def kernel_files(key: str, committed: bool = False) -> Dict[str, Path]:
         vmlinux.parent.mkdir(parents=True, exist_ok=True)
         with open(vmlinux, "wb") as f:
             subprocess.run(["xz", "-dc", str(d / "vmlinux.xz")], stdout=f, check=True)
-    return {"bzImage": d / "bzImage", "vmlinux": vmlinux, "info": d}
+    return {"bzImage": kernel.boot_image(d), "vmlinux": vmlinux, "info": d}
 
 
 class Runner:
@@ -84,6 +95,8 @@ class Runner:
         self.removed: List[Dict[str, Any]] = []
         #: Booted the committed kernel (faultmod builds against its module tree).
         self.committed = False
+        #: The guest kernel's base page size (64K on ppc64le-64k).
+        self.page_size = PAGE_SIZE
 
     def dimm_blocks(self, dimm: str) -> List[int]:
         info = self.g.dimms[dimm]
@@ -177,6 +190,22 @@ class Runner:
         self.faults.append(inject(self, op, args))
 
 
+def reuses_boot_pmd(r: Runner, addr: int) -> bool:
+    """Whether ppc64 radix maps the memmap of the block at ``addr`` with the
+    vmemmap PMD leaf boot memory already has, instead of its altmap.
+
+    radix__vmemmap_populate() (arch/powerpc/mm/book3s64/radix_pgtable.c)
+    keeps a present leaf PMD (vmemmap_check_pmd()); boot RAM, 0 to mem_mb,
+    had its memmap mapped with PMD leaves, each holding the struct pages of
+    PMD_SIZE (2 MiB) / 64 * PAGE_SIZE bytes of RAM (2 GiB with 64K pages).
+    A hot-added block in such a span reuses the mapping.  With 4K pages the
+    span is 128 MiB, never shared with a 256 MiB-aligned LMB."""
+    if kernel.spec(r.scenario.kernel).arch != "ppc64le":
+        return False
+    span = (2 << 20) // STRUCT_PAGE_SIZE * r.page_size
+    return addr // span * span < r.scenario.mem_mb << 20
+
+
 def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
     g = r.g
     param = truth.memmap_on_memory_param(g)
@@ -185,21 +214,22 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
     padding = truth.force_padding(g) if param.lower() == "force" else 0
     blocks = truth.memory_blocks(g)
     bs = r.block_size
-    pages_per_block = bs // PAGE_SIZE
+    pages_per_block = bs // r.page_size
     dimms = g.memory_devices()
     # dax/kmem ranges: hot-added by the guest's kmem driver, not by QEMU.
     dimms.update(truth.dax_devices(g))
     hot: Dict[int, Dict[str, Any]] = {}
     for d in dimms.values():
         first = d["addr"] // bs
-        n = expected_vmemmap_pages(key, param, d["size"], bs)
+        n = expected_vmemmap_pages(key, param, d["size"], bs, r.page_size)
         if d.get("type") == "virtio-mem" or not d.get("memmap_on_memory", True):
             # virtio-mem never self-hosts (add_memory_driver_managed()
             # without MHP_MEMMAP_ON_MEMORY); kmem only with the dax device's
             # memmap_on_memory attribute (dev_dax_kmem_probe()).
             n = 0
         for i in range(d["size"] // bs):
-            hot[first + i] = {"dimm": d["id"], "index": i, "vmemmap_pages": n}
+            hot[first + i] = {"dimm": d["id"], "index": i, "vmemmap_pages": n,
+                              "reused": n > 0 and reuses_boot_pmd(r, (first + i) * bs)}
     out_blocks = []
     ranges = []
     kpf: Dict[str, Any] = {}
@@ -222,6 +252,10 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
             kpf[str(bid)] = runs
             n = hot[bid]["vmemmap_pages"]
             marked = n + padding if n else 0
+            if hot[bid]["reused"]:
+                # The altmap is reserved and marked, no frame of it used.
+                n = 0
+                b["vmemmap_reuses_boot_pmd"] = True
             b["vmemmap_pages"] = n
             if marked != n:
                 b["reserved_pages"] = marked
@@ -242,6 +276,8 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
                 b["vmemmap_source"] = "kpageflags"
             else:
                 b["vmemmap_source"] = "rule"
+            if hot[bid]["reused"]:
+                b["vmemmap_source"] += " (frames: none, the boot PMD reused)"
             if n:
                 entry = {"block": bid, "start_pfn": b["start_pfn"], "nr_pages": n,
                          "state": b["state"], "node": b["node"]}
@@ -324,15 +360,17 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
         capture = kdump.capture_initramfs(work / "capture.cpio.gz", kd["level"],
                                           kd.get("fill_mb", 0))
         kfiles = kdump.first_kernel_files(files["bzImage"], capture)
-    initramfs = build_initramfs(work / "initramfs.cpio.gz", extra, files=kfiles)
+    arch = kernel.spec(scenario.kernel).arch
+    initramfs = build_initramfs(work / "initramfs.cpio.gz", extra, files=kfiles, arch=arch)
     t0 = time.monotonic()
     cmdline = f"{CMDLINE} {scenario.cmdline}".strip()
     if kd:
         cmdline += f" crashkernel={kd['crashkernel']}"
     with Guest(files["bzImage"], initramfs, work, cmdline=cmdline,
-               mem_mb=scenario.mem_mb, **(scenario.guest or {})) as g:
+               mem_mb=scenario.mem_mb, arch=arch, **(scenario.guest or {})) as g:
         r = Runner(name, scenario, g, truth.block_size(g))
         r.committed = committed_kernel
+        r.page_size = page_size(kernel.read_config(info / "config"))
         clean_truth = None
         for step in scenario.steps:
             if step[0] == "fault" and clean_truth is None:
@@ -369,7 +407,17 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
             if scenario.system_ram_only:
                 from .ramonly import system_ram
                 ram = system_ram(g.sh("cat /proc/iomem"))
-            g.dump(flat)
+            if arch != "x86_64":
+                # VMCOREINFO's physical address and size, for a dump without
+                # the note (pseries: no vmcoreinfo device).
+                vmcoreinfo = tuple(int(x, 16) for x in
+                                   g.sh("cat /sys/kernel/vmcoreinfo").split())
+                g.dump(flat, fmt="elf")
+            else:
+                g.dump(flat)
+    if arch != "x86_64":
+        return _finish_elf(name, scenario, manifest, flat, out_dir, t0, r.page_size,
+                           vmcoreinfo if arch == "ppc64le" else None)
     if kd:
         return _finish_kdump(name, scenario, manifest, flat, out_dir, capture_info, t0)
     raw = work / "dump.raw"
@@ -432,6 +480,31 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
         xz_dump(out_dir, name, manifest)
     (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     log(f"{name}: {manifest['dump']['bytes'] / 1e6:.1f} MB at -d {level}")
+    return out_dir / manifest["dump"]["file"]
+
+
+def _finish_elf(name: str, scenario: Scenario, manifest: Dict[str, Any], flat: Path,
+                out_dir: Path, t0: float, page: int, vmcoreinfo: Any) -> Path:
+    """A foreign-architecture guest's dump: QEMU's ELF without its all-zero
+    pages, xz'd (vmcores/elfslim.py says why)."""
+    from .elfslim import slim
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f"{name}.vmcore.partial"
+    nseg, data = slim(flat, partial, page=page, vmcoreinfo=vmcoreinfo)
+    flat.unlink()
+    manifest["dump"] = {"file": f"{name}.vmcore",
+                        "format": "ELF (QEMU dump-guest-memory, all-zero pages as "
+                        "p_filesz < p_memsz)", "segments": nseg, "data_bytes": data,
+                        # Not filtered: every page of guest RAM reads as it was.
+                        "makedumpfile_level": None,
+                        **({"vmcoreinfo_note_from_guest_memory": list(vmcoreinfo)}
+                           if vmcoreinfo else {}),
+                        "bytes": partial.stat().st_size,
+                        "guest_seconds": round(time.monotonic() - t0, 1)}
+    partial.rename(out_dir / f"{name}.vmcore")
+    xz_dump(out_dir, name, manifest)
+    (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    log(f"{name}: {manifest['dump']['bytes'] / 1e6:.1f} MB, {nseg} segments")
     return out_dir / manifest["dump"]["file"]
 
 

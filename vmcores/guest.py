@@ -1,8 +1,9 @@
 """A fixture kernel booted under QEMU/TCG, driven over QMP and a serial command channel.
 
 The guest's ``/init`` (see ``INIT``) reads one shell command per line from
-ttyS1 and answers with its output followed by ``@@DONE <status>``.  ttyS0 is
-the console, logged to a file.  Two QMP sockets are opened: one for the
+a second serial line (ttyS1 on x86-64; see MACHINES for the others) and
+answers with its output followed by ``@@DONE <status>``.  The console is
+logged to a file.  Two QMP sockets are opened: one for the
 factory and one left untouched for the tool under test (drgn hung on a socket
 that another client had used and closed); ``extra_qmp`` adds more, one per
 further tool, in ``extra_qmp_paths``.
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .paths import log
 
@@ -29,8 +30,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp /mnt/huge
-exec 3<>/dev/ttyS1
-stty -F /dev/ttyS1 raw -echo -icrnl -onlcr -hupcl 2>/dev/null
+exec 3<>@CHANNEL@
+stty -F @CHANNEL@ raw -echo -icrnl -onlcr -hupcl 2>/dev/null
 echo "@@READY" >&3
 while true; do
   # Not ash's "read": a signal to PID 1 (SIGCHLD of an orphan reparented to
@@ -49,16 +50,72 @@ done
 """
 
 
+class Machine(NamedTuple):
+    """What differs between the fixture architectures' QEMU guests."""
+
+    qemu: str
+    #: -machine, then any -cpu / -bios arguments.
+    machine: str
+    extra: Tuple[str, ...]
+    #: The console (first -serial) as the kernel names it.
+    console: str
+    #: The guest device /init talks to the factory on.
+    channel: str
+    #: The command channel's QEMU arguments ({path}: its socket).
+    channel_args: Tuple[str, ...]
+    #: QEMU's vmcoreinfo device (fw_cfg) writes VMCOREINFO into its dumps.
+    vmcoreinfo_device: bool = True
+
+
+#: UEFI for arm64 (qemu-efi-aarch64): code read-only, variables a copy per
+#: guest.  Not -bios: with it the firmware reports the second flash bank
+#: (64 MiB at 64 MiB) as RAM, which no SRAT node covers, and the kernel
+#: gives up on NUMA ("Faking a node").
+AAVMF_CODE = "/usr/share/AAVMF/AAVMF_CODE.fd"
+AAVMF_VARS = "/usr/share/AAVMF/AAVMF_VARS.fd"
+
+MACHINES: Dict[str, Machine] = {
+    "x86_64": Machine("qemu-system-x86_64", "q35", (), "ttyS0", "/dev/ttyS1",
+                      ("-serial", "unix:{path},server=on,wait=off")),
+    # virt has one UART: the command channel is a virtconsole (hvc0).  UEFI
+    # (qemu-efi-aarch64) loads the kernel and gives it ACPI, through which
+    # pc-dimms are hot-plugged (the ACPI GED).
+    "arm64": Machine("qemu-system-aarch64", "virt", ("-cpu", "cortex-a57",
+                      "-drive", f"if=pflash,format=raw,readonly=on,file={AAVMF_CODE}",
+                      "-drive", "if=pflash,format=raw,file={vars}"),
+                     "ttyAMA0", "/dev/hvc0",
+                     ("-device", "virtio-serial-pci,id=vser",
+                      "-chardev", "socket,id=cmdchan,path={path},server=on,wait=off",
+                      "-device", "virtconsole,chardev=cmdchan")),
+    # pseries with the virtual open firmware (x-vof: about 7 s to the kernel
+    # instead of about 58 s under SLOF), POWER9, radix.  Each -serial is a
+    # spapr-vty: hvc0 the console, hvc1 the channel.  No fw_cfg, so no
+    # vmcoreinfo device: the factory adds VMCOREINFO from the guest's sysfs.
+    "ppc64le": Machine("qemu-system-ppc64", "pseries,x-vof=on", ("-cpu", "power9"),
+                       "hvc0", "/dev/hvc1", ("-serial", "unix:{path},server=on,wait=off"),
+                       vmcoreinfo_device=False),
+}
+
+
+def busybox(arch: str = "x86_64") -> Path:
+    """A static busybox for ``arch``: the machine's own for x86-64."""
+    if arch == "x86_64":
+        return BUSYBOX
+    from .debian import foreign_busybox
+    return foreign_busybox(arch)
+
+
 def build_initramfs(dest: Path, extra: Sequence[Path] = (), init: str = INIT,
-                    files: Optional[Dict[str, Path]] = None) -> Path:
-    """Write a gzip'd newc cpio with static busybox, ``init``, ``extra`` files
-    in /lib and ``files`` (``{path inside: host file}``)."""
+                    files: Optional[Dict[str, Path]] = None, arch: str = "x86_64") -> Path:
+    """Write a gzip'd newc cpio with static busybox (of ``arch``), ``init``
+    (its ``@CHANNEL@``: that machine's command channel), ``extra`` files in
+    /lib and ``files`` (``{path inside: host file}``)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "lib", "mnt"):
             (root / d).mkdir()
-        shutil.copy(BUSYBOX, root / "bin" / "busybox")
-        (root / "init").write_text(init)
+        shutil.copy(busybox(arch), root / "bin" / "busybox")
+        (root / "init").write_text(init.replace("@CHANNEL@", MACHINES[arch].channel))
         (root / "init").chmod(0o755)
         for f in extra:
             shutil.copy(f, root / "lib" / Path(f).name)
@@ -124,7 +181,7 @@ class Guest:
                  cmdline: str = "", mem_mb: int = 1024, nodes: int = 2,
                  maxmem_gb: int = 8, slots: int = 4, smp: int = 2, extra_qmp: int = 0,
                  cpu: Optional[str] = None, machine_opts: str = "", ram_opts: str = "",
-                 virtio_mem: Sequence[Dict[str, Any]] = ()):
+                 virtio_mem: Sequence[Dict[str, Any]] = (), arch: str = "x86_64"):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
@@ -137,20 +194,27 @@ class Guest:
             if p.exists():
                 p.unlink()
         per_node = mem_mb // nodes
+        self.arch = arch
+        if arch == "arm64":
+            shutil.copy(AAVMF_VARS, workdir / "efivars.fd")
+        m = MACHINES[arch]
         argv = [
-            # machine_opts: more q35 properties, e.g. ",max-ram-below-4g=1G";
+            # machine_opts: more machine properties, e.g. ",max-ram-below-4g=1G";
             # ram_opts: more boot RAM backend properties, e.g. ",reserve=off"
             # (a guest far larger than the host, of which it touches little).
-            "qemu-system-x86_64", "-machine", f"q35{machine_opts}", "-accel", "tcg",
+            m.qemu, "-machine", f"{m.machine}{machine_opts}", "-accel", "tcg",
+            *[a.replace("{vars}", str(workdir / "efivars.fd")) for a in m.extra],
             "-smp", str(smp), "-m", f"{mem_mb}M,slots={slots},maxmem={maxmem_gb}G",
             "-kernel", str(bzimage), "-initrd", str(initramfs),
-            "-append", f"console=ttyS0 nokaslr panic=-1 {cmdline}".strip(),
-            "-device", "vmcoreinfo", "-display", "none", "-no-reboot",
+            "-append", f"console={m.console} nokaslr panic=-1 {cmdline}".strip(),
+            "-display", "none", "-no-reboot",
             "-serial", f"file:{self.console}",
-            "-serial", f"unix:{self.cmd_path},server=on,wait=off",
+            *[a.replace("{path}", str(self.cmd_path)) for a in m.channel_args],
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-qmp", f"unix:{self.tool_qmp_path},server=on,wait=off",
         ]
+        if m.vmcoreinfo_device:
+            argv += ["-device", "vmcoreinfo"]
         for p in self.extra_qmp_paths:
             argv += ["-qmp", f"unix:{p},server=on,wait=off"]
         if cpu:  # e.g. "max": user space built for x86-64-v2 (numpy 2) needs SSE4.2

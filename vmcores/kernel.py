@@ -36,7 +36,41 @@ class KernelSpec(NamedTuple):
     #: Commit the bzImage (live tests boot it); a kernel only dumps are
     #: read with does without, which keeps ``vmcores/`` within its budget.
     bzimage: bool = True
+    #: The target architecture (see ARCHES); cross-built with Debian's
+    #: gcc-<triplet> when it is not the build machine's.
+    arch: str = "x86_64"
 
+
+class Arch(NamedTuple):
+    """How one architecture's kernel is built and which file boots it."""
+
+    #: make's ARCH=.
+    make_arch: str
+    #: CROSS_COMPILE= (Debian's cross toolchain package gcc-<triplet>).
+    cross: str
+    #: The make target and the file it leaves, relative to the object tree.
+    target: str
+    image: str
+    #: The name the boot image is kept under in the cache and in vmcores/kernels.
+    boot_name: str
+
+
+ARCHES: Dict[str, Arch] = {
+    "x86_64": Arch("x86", "", "bzImage", "arch/x86/boot/bzImage", "bzImage"),
+    # QEMU decompresses Image.gz itself, also when UEFI loads it over fw_cfg.
+    "arm64": Arch("arm64", "aarch64-linux-gnu-", "Image.gz", "arch/arm64/boot/Image.gz",
+                  "Image.gz"),
+    # pseries (x-vof=on) boots the ELF vmlinux; the stripped copy is enough.
+    "ppc64le": Arch("powerpc", "powerpc64le-linux-gnu-", "vmlinux", "vmlinux",
+                    "vmlinux.boot"),
+}
+
+
+#: REQUIRED options pseries does without: ACPI (device tree and RTAS
+#: instead), fw_cfg (VMCOREINFO comes from the guest's sysfs), the 8250
+#: console (hvc) and HVO (not on ppc64).
+PPC_WITHOUT = ("ACPI", "ACPI_NUMA", "ACPI_HOTPLUG_MEMORY", "PCI", "FW_CFG_SYSFS",
+               "SERIAL_8250_CONSOLE", "HUGETLB_PAGE_OPTIMIZE_VMEMMAP")
 
 KERNELS: Dict[str, KernelSpec] = {
     "6.1": KernelSpec("6.1", "linux-source-6.1", None, ["base", "6.1"], []),
@@ -61,6 +95,19 @@ KERNELS: Dict[str, KernelSpec] = {
     # configs/devices.config.
     "6.12-devices": KernelSpec("6.12-devices", "linux-source-6.12", None,
                                ["base", "6.12", "devices"], [], bzimage=False),
+    # Cross-built, from the same Debian 6.12 source (issue 11): arm64 with 4K
+    # pages on QEMU virt + UEFI + ACPI; ppc64le pseries radix with 64K and 4K
+    # pages (pseries has no HugeTLB vmemmap optimisation, neither has arm64
+    # in 6.12: ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP is x86, riscv, loongarch).
+    "6.12-arm64": KernelSpec("6.12-arm64", "linux-source-6.12", None, ["arm64"], [],
+                             without=("HUGETLB_PAGE_OPTIMIZE_VMEMMAP", "X86_64_ACPI_NUMA",
+                                      "SERIAL_8250_CONSOLE"), arch="arm64"),
+    "6.12-ppc64le-64k": KernelSpec("6.12-ppc64le-64k", "linux-source-6.12", None,
+                                   ["ppc64le", "ppc64le-64k"], [],
+                                   without=PPC_WITHOUT, bzimage=False, arch="ppc64le"),
+    "6.12-ppc64le-4k": KernelSpec("6.12-ppc64le-4k", "linux-source-6.12", None,
+                                  ["ppc64le", "ppc64le-4k"], [],
+                                  without=PPC_WITHOUT, bzimage=False, arch="ppc64le"),
 }
 
 # Options whose absence makes a fixture meaningless.  Checked after
@@ -172,7 +219,8 @@ def module_tree(key: str) -> Path:
     obj.mkdir(parents=True)
     shutil.copy(d / "config", obj / ".config")
     env = dict(os.environ, **REPRO_ENV)
-    make = ["make", "-C", str(tree), f"O={obj}", f"-j{(os.cpu_count() or 1) + 1}"]
+    make = ["make", "-C", str(tree), f"O={obj}", f"-j{(os.cpu_count() or 1) + 1}",
+            *_arch_args(ks)]
     run(make + ["olddefconfig"], env=env)
     run(make + ["modules_prepare"], env=env)
     got = (obj / "include/config/kernel.release").read_text().strip()
@@ -184,7 +232,7 @@ def module_tree(key: str) -> Path:
                                  check=True).stdout
         tmp = obj / "vmlinux.debug"
         tmp.write_bytes(vmlinux)
-        subprocess.run(["nm", "-n", str(tmp)], stdout=f, check=True)
+        subprocess.run([ARCHES[ks.arch].cross + "nm", "-n", str(tmp)], stdout=f, check=True)
         tmp.unlink()
     (obj / "done").touch()
     return obj
@@ -196,6 +244,22 @@ def objdir(key: str, committed: bool = False) -> Path:
     if committed:
         return module_tree(key)
     return Path((build_kernel(key) / "objdir").read_text().strip())
+
+
+def _arch_args(ks: KernelSpec) -> List[str]:
+    """make's ARCH= and CROSS_COMPILE= for the spec (none for x86-64)."""
+    arch = ARCHES[ks.arch]
+    if ks.arch == "x86_64":
+        return []
+    return [f"ARCH={arch.make_arch}", f"CROSS_COMPILE={arch.cross}"]
+
+
+def boot_image(d: Path) -> Path:
+    """The boot image in a build or committed kernel directory ``d``."""
+    for a in ARCHES.values():
+        if (d / a.boot_name).exists():
+            return d / a.boot_name
+    return d / "bzImage"
 
 
 def read_config(path: Path) -> Dict[str, str]:
@@ -219,7 +283,8 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     obj.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **REPRO_ENV)
     jobs = jobs or (os.cpu_count() or 1) + 1
-    make = ["make", "-C", str(tree), f"O={obj}", f"-j{jobs}"]
+    arch = ARCHES[kspec.arch]
+    make = ["make", "-C", str(tree), f"O={obj}", f"-j{jobs}", *_arch_args(kspec)]
     run(make + ["tinyconfig"], env=env)
     fragments = [str(HERE / "configs" / f"{f}.config") for f in kspec.fragments]
     run([str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
@@ -239,9 +304,14 @@ def build_kernel(key: str, jobs: Optional[int] = None) -> Path:
     if missing:
         raise RuntimeError(f"kernel {key}: config lost required options: "
                            + ", ".join(sorted(set(missing))))
-    run(make + ["bzImage", "vmlinux", "modules", "modules_prepare"], env=env)
+    run(make + [arch.target, "vmlinux", "modules", "modules_prepare"], env=env)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(obj / "arch/x86/boot/bzImage", out / "bzImage")
+    if arch.boot_name == "vmlinux.boot":
+        run([f"{arch.cross}objcopy", "--strip-all", str(obj / arch.image),
+             str(out / arch.boot_name)])
+    else:
+        shutil.copy(obj / arch.image, out / arch.boot_name)
+    (out / "arch").write_text(kspec.arch + "\n")
     shutil.copy(obj / "vmlinux", out / "vmlinux")
     shutil.copy(obj / ".config", out / "config")
     release = (obj / "include/config/kernel.release").read_text().strip()
@@ -264,14 +334,16 @@ def debug_vmlinux(build: Path) -> Path:
     """A debug-info-only copy of vmlinux, dwz-compressed then stripped of
     LEAN_DROP (after dwz, which needs the line tables): what gets committed."""
     dbg = build / "vmlinux.lean"
+    arch = (build / "arch").read_text().strip() if (build / "arch").exists() else "x86_64"
+    objcopy = ARCHES[arch].cross + "objcopy"
     if not dbg.exists():
         tmp = build / (dbg.name + ".tmp")
-        run(["objcopy", "--only-keep-debug", "--compress-debug-sections=none",
+        run([objcopy, "--only-keep-debug", "--compress-debug-sections=none",
              str(build / "vmlinux"), str(tmp)])
         # dwz exits non-zero when it finds nothing to share; that is harmless.
         subprocess.run(["dwz", "-L", "none", str(tmp)], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        run(["objcopy", *[f"--remove-section={s}" for s in LEAN_DROP], str(tmp)])
+        run([objcopy, *[f"--remove-section={s}" for s in LEAN_DROP], str(tmp)])
         tmp.rename(dbg)
     return dbg
 
@@ -284,7 +356,8 @@ def commit_kernel(key: str) -> Path:
     dest = HERE / "kernels" / key
     dest.mkdir(parents=True, exist_ok=True)
     if kspec.bzimage:
-        shutil.copy(build / "bzImage", dest / "bzImage")
+        image = ARCHES[kspec.arch].boot_name
+        shutil.copy(build / image, dest / image)
     shutil.copy(build / "config", dest / "config")
     for name in ("release", "source-version"):
         shutil.copy(build / name, dest / name)

@@ -491,3 +491,75 @@ _add("mixed", Scenario("6.12-devices", list(_DEVICES), (
     "Pages stored plain and the file xz'd."),
     cmdline="memmap=256M%0x20000000-1+0xefffffff", xz=True,
     guest={"virtio_mem": [{"dev_id": "vm0", "size_mb": 384, "node": 0}]}))
+
+
+# arm64 (issue 11): QEMU virt with UEFI and ACPI, 4K pages, 128 MiB blocks
+# and sections as on x86-64.  Boot RAM starts at 1 GiB (blocks 8-15); the
+# DIMMs land in device memory from 2 GiB (block 16 on).  No HVO on arm64
+# (6.12 has no ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP there), so the HugeTLB
+# pools are plain, and hpg_optimized is not a fault the kernel relies on.
+_ARM64_FAULTS = [s for s in _FAULTS_NEW if s[1] != "hpg_optimized"
+                 and s[1] != "block_new_altmap"] + [
+    ("fault", "block_new_altmap", {"block_id": 11, "value": 512,
+                                   "expect": _expect("early-self-hosted", "$pfn", "$pfn+512")}),
+]
+# One NUMA node: AAVMF reports the variable-store flash bank (64 MiB at
+# 64 MiB) as memory that no SRAT node covers, so an arm64 guest with -numa
+# nodes falls back to one faked node anyway (mm/numa_memblks.c,
+# numa_meminfo_cover_memory()).  hotplug-basic's steps on node 0.
+_ARM64_BASIC = [
+    ("hugepages", 0, 16),
+    ("plug", "dimm0", 256, 0),
+    ("plug", "dimm1", 128, 0),
+    ("plug", "dimm2", 256, 0),
+    ("online", "dimm0", "all", "online_movable"),
+    ("online", "dimm1", "all", "online_kernel"),
+    ("online", "dimm2", [0], "online_movable"),
+    # Offlined before the pool grows into the movable blocks (see
+    # _PAGETABLES_STEPS).
+    ("offline", "dimm0", [1]),
+    ("hugepages", 0, 40),
+]
+_add("hotplug-basic", Scenario("6.12-arm64", _ARM64_BASIC, (
+    "arm64 (QEMU virt, UEFI, ACPI, one NUMA node): three DIMMs (256, 128, 256 MiB) "
+    "onlined movable/kernel, one block offlined again, one never onlined; HugeTLB pool "
+    "in boot memory and grown into the movable hot-plugged blocks (no HVO on arm64).  "
+    "Booted with init_on_free=1 (free pages are zero) and dumped by QEMU as ELF, "
+    "all-zero pages left out of the file, xz'd."),
+    cmdline="init_on_free=1", guest={"nodes": 1}))
+_add("faults", Scenario("6.12-arm64", _ARM64_BASIC + _ARM64_FAULTS, (
+    "arm64 hotplug-basic, then faultmod.ko (built for arm64) corrupts one thing per "
+    "rule: a cleared and a stray PG_vmemmap_self_hosted, PG_reserved and an extra "
+    "reference on vmemmap pages, a wrong altmap->alloc, a section's SECTION_IS_ONLINE, "
+    "an altmap on a boot block."), cmdline="init_on_free=1", guest={"nodes": 1}))
+
+
+# ppc64le pseries, radix, 64K pages, memmap_on_memory=force (issue 11).  An
+# LMB (memory block) is 256 MiB: 16 sections of 16 MiB, 4096 pages whose
+# memmap is 4 pages; force pads the altmap to one 32-page pageblock
+# (pageblock_order 5), all 32 marked.  Boot RAM is 0-1 GiB, so the DIMMs
+# start at 1 GiB (spapr's device memory).  One vmemmap PMD (2 MiB) holds the
+# struct pages of 2 GiB of RAM, and boot mapped 0-2 GiB's with a PMD leaf:
+# radix__vmemmap_populate() (arch/powerpc/mm/book3s64/radix_pgtable.c)
+# reuses it for every LMB below 2 GiB (vmemmap_check_pmd()), so their
+# altmap is reserved and marked but never used (alloc 0).  From 2 GiB on the
+# PMD is empty and an LMB's memmap is mapped with base pages taken from its
+# own altmap (4 frames): self-hosted.  pseries onlines each LMB it adds
+# (dlpar_add_lmb(): device_online()), as kernel memory.
+_PPC64K_BASIC = [
+    ("hugepages", 0, 8),
+    ("plug", "dimm0", 512, 0),   # 1.0-1.5 GiB: the boot PMD reused
+    ("plug", "dimm1", 256, 1),   # 1.5-1.75 GiB: reused
+    ("plug", "dimm2", 512, 1),   # 1.75-2.25 GiB: one LMB reused, one self-hosted
+    ("plug", "dimm3", 512, 0),   # 2.25-2.75 GiB: self-hosted
+    ("offline", "dimm3", [1]),
+    ("hugepages", 1, 16),
+]
+_add("force-hotplug-basic", Scenario("6.12-ppc64le-64k", _PPC64K_BASIC, (
+    "ppc64le pseries (POWER9, radix, 64K pages), memory_hotplug.memmap_on_memory=force: "
+    "four DIMMs hot-plugged as 256 MiB LMBs, which the guest onlines itself; those "
+    "below 2 GiB reuse the boot vmemmap PMD (32 pages reserved and marked, unused), "
+    "those above are self-hosted (4 frames, 32 reserved); one LMB offlined again.  "
+    "Booted with init_on_free=1 and dumped by QEMU as ELF (VMCOREINFO added from the "
+    "guest), all-zero pages left out of the file, xz'd."),
+    cmdline="memory_hotplug.memmap_on_memory=force init_on_free=1"))

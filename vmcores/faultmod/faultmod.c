@@ -209,6 +209,7 @@ static int __init faultmod_init(void)
 		mem->start_section_nr = value;
 		pr_info("faultmod: {\"op\": \"%s\", \"block\": %lu, \"old\": %lu, \"new\": %ld}\n",
 			op, block, old, value);
+#ifdef CONFIG_X86
 	} else if (!strcmp(op, "pmd_clear") || !strcmp(op, "pmd_remap")) {
 		unsigned long va = (unsigned long)pfn_to_page(pfn);
 		unsigned int level;
@@ -263,6 +264,7 @@ static int __init faultmod_init(void)
 			"\"remapped_pages\": %lu, \"orphaned_frames\": [%lu, %lu]}\n",
 			op, pfn, va, old, (unsigned long)pmd_val(*pmd), __pa(table) >> PAGE_SHIFT,
 			base + first, nr_vmemmap - 1, base + first + 1, base + first + nr_vmemmap);
+#endif /* CONFIG_X86: lookup_address() and PG_LEVEL_2M are x86's */
 	} else if (!strcmp(op, "pgtable_owner_priv")) {
 		/*
 		 * Xen PV pins page tables with PG_pinned, an alias of
