@@ -40,7 +40,8 @@ if str(REPO) not in sys.path:  # vmcores is not installed, only drgn_vmemmap
 from drgn_vmemmap.target import decompressed  # noqa: E402
 from vmcores import truth  # noqa: E402
 from vmcores.fixture import expected_vmemmap_pages  # noqa: E402
-from vmcores.guest import Guest, build_initramfs  # noqa: E402
+from vmcores.guest import MACHINES, Guest, build_initramfs  # noqa: E402
+from vmcores.kernel import boot_image, spec  # noqa: E402
 from vmcores.scenarios import CMDLINE  # noqa: E402
 
 KERNELS = REPO / "vmcores" / "kernels"
@@ -56,13 +57,15 @@ DRGN_CODE = ("import sys; from drgn.commands import run_command; "
 
 
 def kernel_or_skip(key: str) -> Tuple[Path, str]:
-    """The committed bzImage of kernel ``key`` and its decompressed vmlinux."""
+    """The committed boot image (bzImage, arm64's Image.gz) of kernel ``key``
+    and its decompressed vmlinux."""
     d = KERNELS / key
-    if not (d / "bzImage").exists() or not (d / "vmlinux.xz").exists():
+    if not boot_image(d).exists() or not (d / "vmlinux.xz").exists():
         pytest.skip(f"kernel {key} not committed")
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 not installed")
-    return d / "bzImage", decompressed(str(d / "vmlinux.xz"))
+    qemu = MACHINES[spec(key).arch].qemu
+    if shutil.which(qemu) is None:
+        pytest.skip(f"{qemu} not installed")
+    return boot_image(d), decompressed(str(d / "vmlinux.xz"))
 
 
 def release(key: str) -> str:
@@ -77,10 +80,14 @@ def tool(name: str, module: str) -> List[str]:
 
 def boot(key: str, workdir: Path, initramfs: Optional[Path] = None, **kw: Any) -> Guest:
     bzimage, _ = kernel_or_skip(key)
+    arch = spec(key).arch
     workdir.mkdir(parents=True, exist_ok=True)
     if initramfs is None:
-        initramfs = build_initramfs(workdir / "initramfs.cpio.gz")
-    return Guest(bzimage, initramfs, workdir, cmdline=CMDLINE, **kw)
+        initramfs = build_initramfs(workdir / "initramfs.cpio.gz", arch=arch)
+    if arch == "arm64":
+        # One NUMA node: see vmcores/scenarios.py, _ARM64_BASIC.
+        kw.setdefault("nodes", 1)
+    return Guest(bzimage, initramfs, workdir, cmdline=CMDLINE, arch=arch, **kw)
 
 
 def dimm_blocks(g: Guest, dimm: str, block_size: int) -> List[int]:
@@ -178,7 +185,8 @@ class Live:
         assert before == after, "the guest's blocks changed during the run"
         assert status == 0, (status, doc["violations"], stderr[-2000:])
         assert doc["violations"] == []
-        assert doc["target"] == {"kind": "qmp", "release": release(self.key), "arch": "x86_64"}
+        assert doc["target"] == {"kind": "qmp", "release": release(self.key),
+                                 "arch": DRGN_ARCH[spec(self.key).arch]}
         assert found_blocks(doc) == before
         assert found_ranges(doc) == expected_ranges(self.g, self.key, self.block_size, before)
         assert doc["stats"]["pages_scanned"] > 0
@@ -186,8 +194,11 @@ class Live:
 
 
 #: (kernel, QEMU -cpu): "max" has LA57, so the kernel (X86_5LEVEL=y) runs
-#: with 5-level page tables; the default CPU model gives 4 levels.
-LIVE = [("6.1", None), ("6.12", None), ("7.2", None), ("6.12", "max")]
+#: with 5-level page tables; the default CPU model gives 4 levels.  The
+#: arm64 kernel boots on virt with UEFI and ACPI (about 15 s under TCG).
+LIVE = [("6.1", None), ("6.12", None), ("7.2", None), ("6.12", "max"), ("6.12-arm64", None)]
+#: What the report's target says of each fixture architecture (drgn's name).
+DRGN_ARCH = {"x86_64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64"}
 
 
 @pytest.fixture(scope="module", params=LIVE,
@@ -200,9 +211,10 @@ def live(request, tmp_path_factory):
         if cpu:
             assert " la57" in g.sh("grep -m1 ^flags /proc/cpuinfo")
         bs = truth.block_size(g)
-        dimm0 = plug(g, "dimm0", 256, 1, bs)
+        far = 1 if spec(key).arch == "x86_64" else 0  # arm64: one node
+        dimm0 = plug(g, "dimm0", 256, far, bs)
         dimm1 = plug(g, "dimm1", 128, 0, bs)
-        plug(g, "dimm2", 128, 1, bs)  # never onlined
+        plug(g, "dimm2", 128, far, bs)  # never onlined
         for b in dimm0:
             set_state(g, b, "online_movable")
         set_state(g, dimm1[0], "online_kernel")
