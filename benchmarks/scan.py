@@ -22,7 +22,14 @@ writing PT_LOAD segments plus the VMCOREINFO note.  Pages the kdump file
 excluded become zeros (holes in a sparse file), so the ELF copy is for
 timing, not for checking.  Then (a) and (b) are timed on the ELF copy as well.
 
-Not a test: run ``python benchmarks/scan.py [--limit N] [--elf] [FIXTURE | -s VMLINUX VMCORE ...]``.
+``--pagetables`` also times the page-table step the same way: the vmemmap
+of every valid pfn range translated by :func:`drgn_vmemmap.pagetable.translate`
+(bulk: each table page read once, on the architectures it has a format for)
+against the same call with ``slow=True`` (drgn's ``follow_phys()`` once per
+vmemmap page, the naive loop), each on a fresh program; the two must return
+the same mappings.
+
+Not a test: run ``python benchmarks/scan.py [--limit N] [--elf] [--pagetables] [FIXTURE | -s VMLINUX VMCORE ...]``.
 """
 
 import argparse
@@ -191,6 +198,49 @@ def bench(label: str, vmcore: str, vmlinux: str, limit: Optional[int],
     return out
 
 
+def pagetables(label: str, vmcore: str, vmlinux: str, repeat: int) -> dict:
+    """The page-table step, bulk against follow_phys() per page (see the module)."""
+    from drgn_vmemmap.pagetable import translate
+
+    def spans(prog: Program) -> List[Tuple[int, int]]:
+        f = features(prog)
+        page = 1 << f.page_shift
+        out = []
+        for s, e, _ in for_each_valid_page_range(prog):
+            lo = (f.vmemmap_base + s * f.layout.size) & ~(page - 1)
+            hi = -(-(f.vmemmap_base + e * f.layout.size) // page) * page
+            out.append((lo, hi - lo))
+        return out
+
+    prog = open_target(vmcore=vmcore, symbols=[vmlinux])
+    todo = spans(prog)
+    npages = sum(n for _, n in todo) >> features(prog).page_shift
+    t = time.perf_counter()
+    slow = [m for lo, n in todo for m in translate(prog, lo, n, slow=True)]
+    n_sec = time.perf_counter() - t
+    best = None
+    for _ in range(repeat):
+        del prog
+        gc.collect()
+        prog = open_target(vmcore=vmcore, symbols=[vmlinux])
+        t = time.perf_counter()
+        fast = [m for lo, n in todo for m in translate(prog, lo, n)]
+        sec = time.perf_counter() - t
+        best = sec if best is None else min(best, sec)
+    assert best is not None
+    arch = prog.platform.arch.name if prog.platform else "?"
+    agree = fast == slow
+    print(f"{label}: page tables ({arch}), {npages} vmemmap pages")
+    print(f"  follow_phys/page: {n_sec:7.3f} s = {n_sec / npages * 1e6:6.2f} us/page")
+    print(f"  bulk walker     : {best:7.3f} s = {best / npages * 1e6:6.3f} us/page "
+          f"(best of {repeat})")
+    print(f"  ratio           : {n_sec / best:.0f}x; mappings "
+          f"{'agree' if agree else 'DISAGREE'} ({len(fast)} runs)")
+    return {"vmcore": label, "pagetables": True, "arch": arch, "vmemmap_pages": npages,
+            "naive_seconds": n_sec, "bulk_seconds": best, "ratio": n_sec / best,
+            "agree": agree}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("vmcores", nargs="*",
@@ -204,6 +254,8 @@ def main() -> int:
     parser.add_argument("--elf-dir", default=os.path.join(
         os.environ.get("TMPDIR", "/tmp"), "drgn-vmemmap-bench"))
     parser.add_argument("--json", action="store_true", help="print results as JSON too")
+    parser.add_argument("--pagetables", action="store_true",
+                        help="also time the vmemmap page-table walk against follow_phys()")
     parser.add_argument("-j", "--jobs", type=int, default=1,
                         help="also time the scan in JOBS forked processes (what check does "
                         "on large core dumps)")
@@ -228,6 +280,8 @@ def main() -> int:
     results = []
     for label, vmcore, vmlinux in targets:
         results.append(bench(label, vmcore, vmlinux, args.limit, args.repeat, args.jobs))
+        if args.pagetables:
+            results.append(pagetables(label, vmcore, vmlinux, args.repeat))
         if args.elf:
             plain = vmcore[:-3] if vmcore.endswith(".xz") else vmcore
             elf = Path(args.elf_dir) / (Path(plain).stem + ".elf")
