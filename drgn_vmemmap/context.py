@@ -340,4 +340,49 @@ def self_hosted_ranges(prog: Program, mm: Optional[MemoryMap] = None,
                          b.zone if b else None,
                          vmemmap_area_pages(mm, b, start, span),
                          span - sum(r.nr_pages for r in rs)))
+    out.extend(_reused_mappings(mm, extents, set(runs)))
+    out.sort(key=lambda r: r.block)
     return out
+
+
+#: Extent kinds of a memmap mapped by frames of the kernel's own choosing.
+_MAPPED = frozenset(("boot-allocated", "ordinary", "self-hosted"))
+
+
+def _reused_mappings(mm: MemoryMap, extents: Sequence["_backing.Extent"],
+                     found: set) -> Iterator[Range]:
+    """
+    Blocks added with an altmap whose struct pages the kernel mapped with a
+    mapping that already existed, so that no frame of the altmap backs them:
+    ``Range(nr_pages=0, reserved_pages=the area)``.
+
+    ``vmemmap_populate()`` keeps a present leaf PMD (``vmemmap_check_pmd()``).
+    On ppc64 radix with 64K pages one vmemmap PMD holds the struct pages of
+    2 GiB, and boot memory's were mapped with PMD leaves, so a block added in
+    the same 2 GiB reuses it (``radix__vmemmap_populate()``).  The block's
+    altmap area is reserved and marked all the same
+    (``mhp_init_memmap_on_memory()``), and ``altmap->alloc`` stays 0.  The area
+    is what the kernel reserves for a block, computed here, not read from the
+    block: its memmap pages, padded to whole pageblocks with
+    ``memmap_on_memory=force``; altmap-mismatch compares it with ``free``.
+    """
+    f = mm.features
+    if f.block_accounting != "altmap":
+        return
+    hot = mm.hotplugged()
+    starts = [e.described_start_pfn for e in extents]
+    need = -(-f.pages_per_block * f.layout.size // (1 << f.page_shift))
+    for b in mm.blocks.values():
+        a = b.altmap
+        if (b.id in found or b.error or a is None or a.alloc or not a.free
+                or a.base_pfn != b.start_pfn or not hot.get(b.id, False)):
+            continue
+        i = max(bisect.bisect_right(starts, b.start_pfn) - 1, 0)
+        kinds = set()
+        while i < len(extents) and extents[i].described_start_pfn < b.end_pfn:
+            if extents[i].described_end_pfn > b.start_pfn:
+                kinds.add(extents[i].kind)
+            i += 1
+        if kinds and kinds <= _MAPPED:
+            yield Range(b.id, b.start_pfn, 0, state_name(b.state), b.nid, b.zone,
+                        vmemmap_area_pages(mm, b, b.start_pfn, need), 0)

@@ -15,8 +15,6 @@ from typing import Any, Dict
 from . import kernel
 from .paths import CACHE, HERE, run
 
-# 128 MiB sections of 4K pages: x86-64 and arm64 with 4K pages.
-SECTION_PAGES = 1 << (27 - 12)
 
 
 def build_module(key: str, committed: bool = False) -> Path:
@@ -55,14 +53,14 @@ def resolve(runner: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         pages_per_block = runner.block_size // runner.page_size
         out["block"] = args["block_id"]
         out["pfn"] = args["block_id"] * pages_per_block + args.get("offset", 0)
-        out["section"] = out["pfn"] // SECTION_PAGES
+        out["section"] = out["pfn"] // runner.section_pages
     if "dimm" in args:
         blocks = runner.dimm_blocks(args["dimm"])
         bid = blocks[args.get("block", 0)]
         pages_per_block = runner.block_size // runner.page_size
         out["block"] = bid
         out["pfn"] = bid * pages_per_block + args.get("offset", 0)
-        out["section"] = out["pfn"] // SECTION_PAGES + args.get("section_index", 0)
+        out["section"] = out["pfn"] // runner.section_pages + args.get("section_index", 0)
         out.pop("section_index", None)
     if "target_dimm" in args:
         # A frame of another DIMM block (its first, or target_offset pages
@@ -111,7 +109,7 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         from .truth import kpageflags_runs
         pfn = reports[0]["pfn"]
         target.update(pfn=pfn, block=pfn // (runner.block_size // runner.page_size),
-                      section=pfn // SECTION_PAGES)
+                      section=pfn // runner.section_pages)
         runs = kpageflags_runs(runner.g, pfn, 1)
         if not {"owner_private", "pgtable"} <= set(runs[0][2]):
             raise RuntimeError(f"kpageflags does not show a marked page table at {pfn}: {runs}")

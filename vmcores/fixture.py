@@ -97,6 +97,9 @@ class Runner:
         self.committed = False
         #: The guest kernel's base page size (64K on ppc64le-64k).
         self.page_size = PAGE_SIZE
+        #: Pages in a memory section: SECTION_SIZE_BITS is 27 on x86-64 and
+        #: arm64 with 4K pages, 24 on ppc64.
+        self.section_pages = (1 << 27) // PAGE_SIZE
 
     def dimm_blocks(self, dimm: str) -> List[int]:
         info = self.g.dimms[dimm]
@@ -371,6 +374,7 @@ def build_fixture(key: str, scenario_name: str, out_dir: Path = FIXTURES,
         r = Runner(name, scenario, g, truth.block_size(g))
         r.committed = committed_kernel
         r.page_size = page_size(kernel.read_config(info / "config"))
+        r.section_pages = (1 << (24 if arch == "ppc64le" else 27)) // r.page_size
         clean_truth = None
         for step in scenario.steps:
             if step[0] == "fault" and clean_truth is None:

@@ -563,3 +563,33 @@ _add("force-hotplug-basic", Scenario("6.12-ppc64le-64k", _PPC64K_BASIC, (
     "Booted with init_on_free=1 and dumped by QEMU as ELF (VMCOREINFO added from the "
     "guest), all-zero pages left out of the file, xz'd."),
     cmdline="memory_hotplug.memmap_on_memory=force init_on_free=1"))
+# One fault per rule on that geometry: an LMB is 4096 pages (16 sections of
+# 256), its altmap area 32.  dimm3's first LMB (2.25 GiB) is self-hosted and
+# online; dimm0's first (1 GiB) reuses the boot PMD and is online.
+_PPC64K_FAULTS = [
+    ("fault", "clear_flag", {"dimm": "dimm3", "block": 0, "offset": 10, "count": 3,
+                             "flag": "owner_priv_1",
+                             "expect": _expect("vmemmap-unmarked", "$pfn", "$pfn+3")}),
+    # Unused reserved pages of a block that reused the boot PMD lose theirs too.
+    ("fault", "clear_flag", {"dimm": "dimm0", "block": 0, "offset": 30, "count": 2,
+                             "flag": "owner_priv_1",
+                             "expect": _expect("vmemmap-unmarked", "$pfn", "$pfn+2")}),
+    ("fault", "set_flag", {"dimm": "dimm3", "block": 0, "offset": 32, "count": 1,
+                           "flag": "owner_priv_1",
+                           "expect": _expect("marker-stray", "$pfn", "$pfn+1")}),
+    ("fault", "page_ref", {"dimm": "dimm3", "block": 0, "offset": 2, "count": 1, "value": 1,
+                           "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+1")}),
+    ("fault", "block_vmemmap", {"dimm": "dimm2", "block": 1, "value": 3,
+                                "expect": _expect("altmap-mismatch", "$pfn", "$pfn+32")}),
+    ("fault", "section_clear", {"dimm": "dimm1", "block": 0, "mask": 4,
+                                "expect": _expect("section-state", "$pfn", "$pfn+4096")}),
+    ("fault", "block_new_altmap", {"block_id": 2, "value": 4,
+                                   "expect": _expect("early-self-hosted", "$pfn", "$pfn+4")}),
+]
+_add("force-faults", Scenario("6.12-ppc64le-64k", _PPC64K_BASIC + _PPC64K_FAULTS, (
+    "ppc64le-64k force-hotplug-basic, then faultmod.ko (built for ppc64le) breaks one "
+    "thing per rule: markers cleared on a self-hosted block's memmap and on the unused "
+    "reserved pages of a block that reused the boot PMD, a stray marker just past a "
+    "reserved area, an extra reference on a vmemmap page, a wrong altmap->alloc, a "
+    "section's SECTION_IS_ONLINE, an altmap on a boot LMB."),
+    cmdline="memory_hotplug.memmap_on_memory=force init_on_free=1"))

@@ -9,7 +9,7 @@ from drgn import FaultError, Program
 from drgn.helpers.linux.mmzone import nr_to_section
 
 from ..context import Context
-from ..records import Holds, NotChecked, Result, state_name
+from ..records import Holds, NotChecked, Note, Result, state_name
 from .common import _v
 
 # --- block-geometry ----------------------------------------------------------
@@ -176,6 +176,7 @@ def altmap_mismatch(ctx: Context) -> Iterator[Result]:
                              b.start_pfn, b.end_pfn)
             continue
         found = ctx.self_hosted_pages(b.id)
+        area = ctx.vmemmap_area(b.id)
         a = b.altmap
         problems = []
         if a is None:
@@ -196,7 +197,6 @@ def altmap_mismatch(ctx: Context) -> Iterator[Result]:
                     problems.append(("reserve = 0", f"reserve = {a.reserve}"))
                 # free is the reserved area: what population used, padded
                 # up to whole pageblocks in force mode (6.6+).
-                area = ctx.vmemmap_area(b.id)
                 if f.memmap_on_memory == "force" and f.pageblock_order is None:
                     if a.free < found:
                         problems.append((f"free >= {found} (+ pageblock padding in force mode)",
@@ -210,6 +210,16 @@ def altmap_mismatch(ctx: Context) -> Iterator[Result]:
                     else:  # frames with holes between them (an HVO-style remap)
                         why = f" (the span of the {found} self-hosted frames, holes included)"
                     problems.append((f"free = {area}{why}", f"free = {a.free}"))
+        if not problems and f.block_accounting == "altmap" and a is not None and not found \
+                and area:
+            # An altmap no frame of which backs the block's struct pages: the
+            # kernel reused a mapping that was there (see
+            # context._reused_mappings); normal, but the area is lost memory.
+            yield Note(rule, b.start_pfn, b.start_pfn + area, b.id,
+                       f"block {b.id}'s struct pages are mapped by a vmemmap mapping that "
+                       f"already existed (vmemmap_populate() keeps a present leaf PMD: ppc64 "
+                       f"radix with 64K pages, where one PMD maps the memmap of 2 GiB): its "
+                       f"{area} reserved vmemmap pages are marked and unused")
         if problems:
             n = max(found, ctx.vmemmap_area(b.id), a.free if a else 0,
                     a.alloc if a else 0, 1)

@@ -133,7 +133,10 @@ def hvo_self_hosted(ctx: Context) -> Iterator[Result]:
         # The folios of a pool list that could not be walked (a page the
         # dump lacks, a corrupted link): the others are still checked.
         yield NotChecked(rule, problem)
-    hosted = ctx.self_hosted_by_block()
+    # Blocks whose own frames back struct pages: HVO looks at the frame behind
+    # a folio's struct pages (vmemmap_should_optimize_folio()), so a block
+    # that reused an existing mapping (no frame of its own) is no obstacle.
+    hosted = {b: r for b, r in ctx.self_hosted_by_block().items() if r.frames}
     exclusive = "PG_vmemmap_self_hosted" not in f.markers
     bad = 0
     for pfn, nr_pages, optimized in folios:
