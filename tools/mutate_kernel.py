@@ -507,6 +507,12 @@ class Subject:
         self.self_hosted: Dict[int, Tuple[int, int]] = {
             r["block"]: (r["start_pfn"], r["start_pfn"] + r.get("reserved_pages", r["nr_pages"]))
             for r in truth["self_hosted"]}
+        # Blocks whose memmap reused the boot vmemmap PMD (ppc64 radix 64K,
+        # the factory's rule): no frame, the reserved area marked all the same.
+        for b in truth["blocks"]:
+            if b.get("vmemmap_reuses_boot_pmd"):
+                self.frames[b["id"]] = 0
+                self.self_hosted[b["id"]] = (b["start_pfn"], b["start_pfn"] + b["reserved_pages"])
         found = {r["block"]: (r["start_pfn"], r["nr_pages"],
                               r["start_pfn"] + r.get("reserved_pages", r["nr_pages"]))
                  for r in baseline["ranges"]}

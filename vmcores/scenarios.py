@@ -581,8 +581,10 @@ _PPC64K_FAULTS = [
                            "expect": _expect("vmemmap-page-state", "$pfn", "$pfn+1")}),
     ("fault", "block_vmemmap", {"dimm": "dimm2", "block": 1, "value": 3,
                                 "expect": _expect("altmap-mismatch", "$pfn", "$pfn+32")}),
+    # SECTION_IS_ONLINE off the first of the block's 16 sections: that
+    # section (256 pages) is the violation, not the whole block.
     ("fault", "section_clear", {"dimm": "dimm1", "block": 0, "mask": 4,
-                                "expect": _expect("section-state", "$pfn", "$pfn+4096")}),
+                                "expect": _expect("section-state", "$pfn", "$pfn+256")}),
     ("fault", "block_new_altmap", {"block_id": 2, "value": 4,
                                    "expect": _expect("early-self-hosted", "$pfn", "$pfn+4")}),
 ]
@@ -593,3 +595,24 @@ _add("force-faults", Scenario("6.12-ppc64le-64k", _PPC64K_BASIC + _PPC64K_FAULTS
     "reserved area, an extra reference on a vmemmap page, a wrong altmap->alloc, a "
     "section's SECTION_IS_ONLINE, an altmap on a boot LMB."),
     cmdline="memory_hotplug.memmap_on_memory=force init_on_free=1"))
+
+
+# ppc64le pseries radix with 4K pages and memmap_on_memory=1: an LMB's memmap
+# is 1024 pages (4 MiB), two 2 MiB PMD leaves from its altmap (one vmemmap
+# PMD holds the struct pages of 128 MiB, inside the LMB: no reuse, no
+# padding: pageblock order 9 divides 1024).
+_PPC4K_BASIC = [
+    ("hugepages", 0, 8),
+    ("plug", "dimm0", 512, 0),
+    ("plug", "dimm1", 256, 1),
+    ("plug", "dimm2", 256, 1),
+    ("offline", "dimm0", [1]),
+    ("hugepages", 1, 16),
+]
+_add("hotplug-basic", Scenario("6.12-ppc64le-4k", _PPC4K_BASIC, (
+    "ppc64le pseries (POWER9, radix, 4K pages), memory_hotplug.memmap_on_memory=1: three "
+    "DIMMs hot-plugged as 256 MiB LMBs (16 sections each) that the guest onlines itself, "
+    "each self-hosting 1024 pages of memmap (two PMD leaves); one LMB offlined again; "
+    "HugeTLB pools (no HVO on ppc64).  Booted with init_on_free=1, dumped by QEMU as ELF "
+    "(VMCOREINFO added from the guest), all-zero pages left out, xz'd."),
+    cmdline="init_on_free=1"))

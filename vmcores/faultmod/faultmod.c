@@ -295,7 +295,12 @@ static int __init faultmod_init(void)
 			if (!pud_none(*pud) && !pud_leaf(*pud)) {
 				pmd = pmd_offset(pud, addr);
 				if (!pmd_none(*pmd) && !pmd_leaf(*pmd))
+#ifdef CONFIG_PPC64
+					/* pmd_page() is out of line, unexported. */
+					table = virt_to_page((void *)pmd_page_vaddr(*pmd));
+#else
 					table = pmd_page(*pmd);
+#endif
 			}
 		}
 		if (table) {
