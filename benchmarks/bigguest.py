@@ -14,7 +14,8 @@ fixtures ship.  Prints the dump's path; then time it with
 bulk page-table walker against the naive drgn loops, same run) and
 ``drgn-vmemmap check``.
 
-Run: ``python benchmarks/bigguest.py [--kernel KEY] [--boot-gib 8] [--dimms 4] [--dimm-gib 2] [OUT]``
+Run: ``python benchmarks/bigguest.py [--kernel KEY] [--boot-gib 8] [--dimms 4]
+[--dimm-gib 2] [OUT]``
 """
 
 import argparse

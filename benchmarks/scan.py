@@ -29,7 +29,8 @@ against the same call with ``slow=True`` (drgn's ``follow_phys()`` once per
 vmemmap page, the naive loop), each on a fresh program; the two must return
 the same mappings.
 
-Not a test: run ``python benchmarks/scan.py [--limit N] [--elf] [--pagetables] [FIXTURE | -s VMLINUX VMCORE ...]``.
+Not a test: run ``python benchmarks/scan.py [--limit N] [--elf] [--pagetables]
+[FIXTURE | -s VMLINUX VMCORE ...]``.
 """
 
 import argparse

@@ -40,13 +40,13 @@ none of its present sections is early.
 import time
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
-from drgn import Architecture, Program, ProgramFlags
+from drgn import Program, ProgramFlags
 from drgn.helpers.common.prog import takes_program_or_default
 
 from .columns import coalesce
 from .features import Features
 from .model import MemoryMap, memory_map
-from .pagetable import Mapping, PageTableWalker, translate
+from .pagetable import Mapping, translate, walker_for
 from .records import EXTENT_KINDS, BlockState, ExtentKind, MappingStatus, state_name
 
 __all__ = (
@@ -308,9 +308,8 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
     result.vmemmap_base = base
     result.tables_read = 0
 
-    use_walker = not slow and prog.platform is not None and \
-        prog.platform.arch == Architecture.X86_64
-    walker = PageTableWalker(prog) if use_walker else None
+    # A bulk walk wherever the page tables have a format (else follow_phys).
+    walker = None if slow else walker_for(prog)
     mapped = [nr for nr, s in mm.sections.items() if s.has("HAS_MEM_MAP")]
     mappings: List[Mapping] = []
     per = f.pages_per_section

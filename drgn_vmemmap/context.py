@@ -9,7 +9,7 @@ It sits between the model (features, model, scan, backing) and the rules.
 """
 
 import bisect
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import numpy as np
 from drgn import FaultError, Program
@@ -350,7 +350,7 @@ _MAPPED = frozenset(("boot-allocated", "ordinary", "self-hosted"))
 
 
 def _reused_mappings(mm: MemoryMap, extents: Sequence["_backing.Extent"],
-                     found: set) -> Iterator[Range]:
+                     found: Set[int]) -> Iterator[Range]:
     """
     Blocks added with an altmap whose struct pages the kernel mapped with a
     mapping that already existed, so that no frame of the altmap backs them:

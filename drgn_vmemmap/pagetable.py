@@ -3,11 +3,15 @@ Page Tables
 -----------
 
 Translate kernel virtual ranges to physical addresses by walking the kernel
-page tables (``init_mm.pgd``) in bulk.  On x86-64 every page-table page is read
-with one physical :meth:`drgn.Program.read` and decoded with numpy, so a
-vmemmap range costs one read per table, not one drgn call per page.  Other
-architectures fall back to drgn's :func:`~drgn.helpers.linux.mm.follow_phys`
-once per page (slow, but correct wherever drgn can translate).
+page tables (``init_mm.pgd``) in bulk: every page-table page is read with one
+:meth:`drgn.Program.read` and decoded with numpy, so a vmemmap range costs one
+read per table, not one drgn call per page.  The table format (levels, entry
+encoding, byte order) comes from the program (:func:`walker_for`,
+:mod:`~drgn_vmemmap.pgformat`): x86-64 4/5-level, arm64 (4K/16K/64K granule,
+48/52-bit, LPA2) and ppc64 radix (4K/64K).  Where there is no format (ppc64
+hash MMU, other architectures) drgn's
+:func:`~drgn.helpers.linux.mm.follow_phys` translates once per page (slow,
+but correct wherever drgn can translate).
 
 The result is a list of :class:`Mapping` runs, coalesced where the physical
 side is contiguous, or where every page maps the *same* frame (the HugeTLB
@@ -17,23 +21,19 @@ vmemmap optimisation remaps a folio's tail vmemmap pages onto one page).
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
-from drgn import Architecture, FaultError, Program
+from drgn import FaultError, Program
 from drgn.helpers.common.prog import takes_program_or_default
-from drgn.helpers.linux.boot import pgtable_l5_enabled
 from drgn.helpers.linux.mm import follow_phys
 
+from .pgformat import PageTableFormat, format_for
 from .records import MappingStatus
 
 __all__ = (
     "Mapping",
     "PageTableWalker",
     "translate",
+    "walker_for",
 )
-
-_PRESENT = 1 << 0  # _PAGE_PRESENT
-_PSE = 1 << 7  # _PAGE_PSE: a PUD or PMD entry that is a leaf
-_ENTRIES = 512
-_TABLE_BYTES = _ENTRIES * 8
 
 
 class Mapping(NamedTuple):
@@ -119,38 +119,42 @@ def _segments(kind: np.ndarray, pa: np.ndarray, size: int
 
 class PageTableWalker:
     """
-    Walks the kernel page tables of one program (x86-64, 4- or 5-level).
+    Walks the kernel page tables of one program in the format ``fmt`` (by
+    default the program's own, :func:`~drgn_vmemmap.pgformat.format_for`;
+    ValueError if it has none: see :func:`walker_for`).
 
     Page-table pages are cached for the walker's lifetime: make a new walker
     for each consistent view (a live kernel changes under it).
     """
 
-    def __init__(self, prog: Program) -> None:
+    def __init__(self, prog: Program, fmt: Optional[PageTableFormat] = None) -> None:
+        if fmt is None:
+            fmt = format_for(prog)
+            if fmt is None:
+                platform = prog.platform
+                raise ValueError("no bulk page-table format for "
+                                 f"{platform.arch.name if platform else 'this program'}")
         self.prog = prog
-        self.l5 = bool(pgtable_l5_enabled(prog))
-        # PGD, (P4D,) PUD, PMD, PTE: the shift each level's entry covers.
-        self.shifts = (48, 39, 30, 21, 12) if self.l5 else (39, 30, 21, 12)
-        # CONFIG_DYNAMIC_PHYSICAL_MASK kernels keep the usable physical
-        # address bits (without the SME/SEV C-bit or the TDX shared bit) in
-        # physical_mask; otherwise it is __PHYSICAL_MASK_SHIFT = 52 bits.
-        try:
-            physical_mask = prog["physical_mask"].value_()
-        except (KeyError, LookupError, FaultError):
-            physical_mask = (1 << 52) - 1
-        self.physical_mask = physical_mask
+        self.fmt = fmt
+        # A kernel virtual address (swapper_pg_dir); the tables below it are
+        # physical.
         self.pgd = prog["init_mm"].pgd.value_()
         self._tables: Dict[int, Union[np.ndarray, FaultError]] = {}
         self.tables_read = 0
 
-    def _table(self, address: int, physical: bool) -> Union[np.ndarray, FaultError]:
+    def _table(self, address: int, physical: bool, level: int
+               ) -> Union[np.ndarray, FaultError]:
         key = address if physical else -address
+        n = self.fmt.entries[level]
+        table = self._tables.get(key)
+        # A table of another size at the same address (damaged tables) is
+        # read again.
+        if table is not None and (isinstance(table, FaultError) or len(table) == n):
+            return table
         try:
-            return self._tables[key]
-        except KeyError:
-            pass
-        try:
-            data = self.prog.read(address, _TABLE_BYTES, physical)
-            table: Union[np.ndarray, FaultError] = np.frombuffer(data, dtype="<u8")
+            data = self.prog.read(address, n * 8, physical)
+            table = np.frombuffer(data, dtype=self.fmt.byteorder + "u8").astype(
+                np.uint64, copy=False)
             self.tables_read += 1
         except FaultError as e:
             table = e
@@ -162,17 +166,25 @@ class PageTableWalker:
         out: List[Mapping] = []
         if length <= 0:
             return out
-        # Index the top table from the start of the address-space half (so
-        # sign extension takes care of itself).
-        bits = self.shifts[0] + 9
+        space = self.fmt.space
+        bits = self.fmt.va_bits
         end = start + length
-        halves = {(va >> (bits - 1)) for va in (start, end - 1)}
-        if len(halves) != 1 or not halves <= {0, (1 << (65 - bits)) - 1}:
-            raise ValueError(f"[{start:#x}, {end:#x}) is not in one canonical half "
-                             f"of the {bits}-bit address space")
+        if space == "sign":
+            halves = {(va >> (bits - 1)) for va in (start, end - 1)}
+            if len(halves) != 1 or not halves <= {0, (1 << (65 - bits)) - 1}:
+                raise ValueError(f"[{start:#x}, {end:#x}) is not in one canonical half "
+                                 f"of the {bits}-bit address space")
+        elif start >> bits != (end - 1) >> bits:
+            raise ValueError(f"[{start:#x}, {end:#x}) is not in one {bits}-bit "
+                             "window of the address space")
+        if space == "upper" and start >> bits != (1 << (64 - bits)) - 1:
+            # Not a kernel (TTBR1) address: init_mm's table maps none of it.
+            return [Mapping(start, None, length, "unmapped")]
+        # Index the top table from the start of the window (the address-space
+        # half, for "sign": sign extension takes care of itself).
         base = start & ~((1 << bits) - 1)
         # The top level is in the kernel image; let drgn translate it.
-        self._walk(self._table(self.pgd, False), 0, base, start, end, out)
+        self._walk(self._table(self.pgd, False, 0), 0, base, start, end, out)
         return out
 
     def _walk(self, table: Union[np.ndarray, FaultError], level: int, base: int,
@@ -180,30 +192,19 @@ class PageTableWalker:
         if isinstance(table, FaultError):
             _append(out, Mapping(lo, None, hi - lo, "unreadable"))
             return
-        shift = self.shifts[level]
+        shift = self.fmt.shifts[level]
         size = 1 << shift
         i0 = (lo - base) >> shift
         i1 = (hi - base + size - 1) >> shift
         e = table[i0:i1]
-        present = (e & _PRESENT) != 0
-        if shift == 12:
-            leaf = present
-        elif shift in (30, 21):
-            leaf = present & ((e & _PSE) != 0)
-        else:
-            leaf = np.zeros(len(e), dtype=bool)
-        kind = np.where(leaf, 1, np.where(present, 2, 0))
-        # Physical address bits 12..51 (NX and software bits above); a large
-        # leaf's bit 12 is _PAGE_PAT_LARGE, so mask from the leaf size.
-        table_mask = self.physical_mask & ~0xFFF
-        pa = e & np.uint64(self.physical_mask & ~(size - 1))
+        kind, pa = self.fmt.decode(level, e)
         for a, b, k, alias in _segments(kind, pa, size):
             va0 = max(base + ((i0 + a) << shift), lo)
             va1 = min(base + ((i0 + b) << shift), hi)
             if k == 0:
                 _append(out, Mapping(va0, None, va1 - va0, "unmapped"))
             elif k == 2:
-                child = self._table(int(e[a]) & table_mask, True)
+                child = self._table(int(pa[a]), True, level + 1)
                 self._walk(child, level + 1, base + ((i0 + a) << shift), va0, va1, out)
             elif not alias:
                 first = base + ((i0 + a) << shift)
@@ -227,6 +228,13 @@ class PageTableWalker:
                                          size if va1 - va0 > size else 0))
                 if tail is not None:
                     _append(out, tail)
+
+
+def walker_for(prog: Program) -> Optional[PageTableWalker]:
+    """A :class:`PageTableWalker` for ``prog``, or None when its page tables
+    have no bulk format here (translate with ``follow_phys()`` then)."""
+    fmt = format_for(prog)
+    return None if fmt is None else PageTableWalker(prog, fmt)
 
 
 def _follow_phys_translate(prog: Program, start: int, length: int) -> List[Mapping]:
@@ -257,16 +265,20 @@ def translate(prog: Program, start: int, length: int, slow: bool = False) -> Lis
     >>> translate(prog, prog["vmemmap_base"].value_(), 4 << 20)
     [Mapping(va=0xffffea0000000000, pa=0x1f600000, size=2097152, ...), ...]
 
-    On x86-64 the page tables are walked in bulk (PUD 1 GiB and PMD 2 MiB
-    leaves, PTE tables; NX and software bits are ignored).  Elsewhere, or
-    with ``slow``, each page goes through
+    Where the program's page tables have a bulk format (x86-64, arm64,
+    ppc64 radix: :func:`walker_for`) they are walked in bulk, leaves at every
+    level the architecture has them (x86-64 PUD 1 GiB and PMD 2 MiB, arm64
+    blocks, ppc64 radix PUD/PMD leaves), permission and software bits
+    ignored.  Elsewhere (ppc64 hash MMU, other architectures), or with
+    ``slow``, each page goes through
     :func:`~drgn.helpers.linux.mm.follow_phys`.
 
     :param start: ``void *``
     :param length: bytes.
-    :param slow: Use ``follow_phys()`` per page even on x86-64.
+    :param slow: Use ``follow_phys()`` per page even where a bulk walk exists.
     :return: Runs covering the range in order, coalesced where contiguous.
     """
-    if slow or prog.platform is None or prog.platform.arch != Architecture.X86_64:
+    walker = None if slow else walker_for(prog)
+    if walker is None:
         return _follow_phys_translate(prog, start, length)
-    return PageTableWalker(prog).translate(start, length)
+    return walker.translate(start, length)
