@@ -54,6 +54,7 @@ class Context:
         self._range_list: Optional[List[Range]] = None
         self._range_starts: List[int] = []
         self._ranges: Optional[Dict[int, Range]] = None
+        self._boot_deltas: Optional[Set[int]] = None
         self._scans: Dict[Tuple[int, int], _scan.PageColumns] = {}
         self._hot: Optional[Dict[int, bool]] = None
         self._page_offset: Optional[int] = None
@@ -124,6 +125,12 @@ class Context:
         if self._extents is None:
             self._extents = _backing.vmemmap_backing(self.prog, self.mm)
         return self._extents
+
+    def boot_deltas(self) -> Set[int]:
+        """See :func:`boot_mapping_deltas`."""
+        if self._boot_deltas is None:
+            self._boot_deltas = boot_mapping_deltas(self.mm, self.extents())
+        return self._boot_deltas
 
     def self_hosted_by_block(self) -> Dict[int, Range]:
         if self._ranges is None:
@@ -345,6 +352,26 @@ def self_hosted_ranges(prog: Program, mm: Optional[MemoryMap] = None,
     return out
 
 
+def extent_delta(mm: MemoryMap, e: "_backing.Extent") -> Optional[int]:
+    """Virtual minus physical address of the page that holds the extent's
+    first struct page: equal for every extent of one linear mapping (a leaf
+    PMD, a run of boot memmap), None when not mapped."""
+    if e.frame_start_pfn is None:
+        return None
+    f = mm.features
+    page = 1 << f.page_shift
+    va = (f.vmemmap_base + e.described_start_pfn * f.layout.size) & ~(page - 1)
+    return va - (e.frame_start_pfn << f.page_shift)
+
+
+def boot_mapping_deltas(mm: MemoryMap, extents: Sequence["_backing.Extent"]) -> Set[int]:
+    """:func:`extent_delta` of every boot-allocated extent: the linear runs
+    of the memmap set up at boot, which later memmap may continue (a leaf
+    PMD reused by ``vmemmap_check_pmd()``)."""
+    return {d for e in extents if e.kind == "boot-allocated"
+            for d in (extent_delta(mm, e),) if d is not None}
+
+
 #: Extent kinds of a memmap mapped by frames of the kernel's own choosing.
 _MAPPED = frozenset(("boot-allocated", "ordinary", "self-hosted"))
 
@@ -370,6 +397,7 @@ def _reused_mappings(mm: MemoryMap, extents: Sequence["_backing.Extent"],
     if f.block_accounting != "altmap":
         return
     hot = mm.hotplugged()
+    boot = boot_mapping_deltas(mm, extents)
     starts = [e.described_start_pfn for e in extents]
     need = -(-f.pages_per_block * f.layout.size // (1 << f.page_shift))
     for b in mm.blocks.values():
@@ -380,8 +408,13 @@ def _reused_mappings(mm: MemoryMap, extents: Sequence["_backing.Extent"],
         i = max(bisect.bisect_right(starts, b.start_pfn) - 1, 0)
         kinds = set()
         while i < len(extents) and extents[i].described_start_pfn < b.end_pfn:
-            if extents[i].described_end_pfn > b.start_pfn:
-                kinds.add(extents[i].kind)
+            e = extents[i]
+            if e.described_end_pfn > b.start_pfn:
+                # Ordinary frames count as the boot mapping's only when they
+                # continue it (the same leaf); a page of its own is the
+                # page allocator's (altmap-mismatch's fallback warning).
+                shared = e.kind != "ordinary" or extent_delta(mm, e) in boot
+                kinds.add(e.kind if shared else "fallback")
             i += 1
         if kinds and kinds <= _MAPPED:
             yield Range(b.id, b.start_pfn, 0, state_name(b.state), b.nid, b.zone,

@@ -119,11 +119,16 @@ def pagetable_faults(manifest: Dict[str, Any]) -> Dict[int, Tuple[str, Optional[
     hosts its own memmap as the truth says, whatever its record says:
     ``pmd_clear`` unmapped it, ``pmd_remap`` pointed it at another block's
     frames, ``hvo_remap`` aliased a folio's vmemmap onto one frame (the
-    module's ``reused_frame``)."""
+    module's ``reused_frame``), ``vmemmap_fallback`` moved one vmemmap page
+    to a page-allocator frame (``new_frame``)."""
     out = {}
     for f in manifest.get("faults", []):
         if f["op"] in ("pmd_clear", "pmd_remap"):
             out[f["target"]["block"]] = (f["op"], f["target"].get("value"))
         elif f["op"] == "hvo_remap":
             out[f["target"]["block"]] = (f["op"], f["module"]["reused_frame"])
+        elif f["op"] == "vmemmap_fallback":
+            # One vmemmap page moved to a page-allocator frame: the block
+            # self-hosts one frame fewer than the truth says.
+            out[f["target"]["block"]] = (f["op"], f["module"]["new_frame"])
     return out

@@ -63,6 +63,12 @@ def test_self_hosted_runs_match_truth(prog, manifest):
             lo, hi = f["module"]["orphaned_frames"]
             want.append(dict(r, nr_pages=lo - r["start_pfn"]))
             want.append(dict(r, start_pfn=hi, nr_pages=r["start_pfn"] + r["nr_pages"] - hi))
+        elif op == "vmemmap_fallback":
+            # Its last vmemmap page moved off the altmap: the frame that
+            # held it (the module's old_frame, the run's last) backs nothing.
+            f = next(f for f in manifest["faults"] if f["op"] == "vmemmap_fallback")
+            assert f["module"]["old_frame"] == r["start_pfn"] + r["nr_pages"] - 1
+            want.append(dict(r, nr_pages=r["nr_pages"] - 1))
     assert found == want
 
 
@@ -82,7 +88,11 @@ def test_pagetable_faults_seen():
             kinds = {(e.kind, e.frame_start_pfn) for e in extents if e.section // per == block}
             if op == "hvo_remap":
                 continue  # test_hvo_remap_seen
-            if op == "pmd_clear":
+            if op == "vmemmap_fallback":
+                # Only the last vmemmap page moved: the rest stays self-hosted.
+                assert ("ordinary", frame) in kinds
+                assert {k for k, _ in kinds} == {"ordinary", "self-hosted"}
+            elif op == "pmd_clear":
                 assert kinds == {("unbacked", None)}
             else:
                 # Pointed into another block's vmemmap area (the manifest's
@@ -286,9 +296,20 @@ def test_frames_to_described(prog, manifest):
     faults = pagetable_faults(manifest)
     shared = {frame for op, frame in faults.values() if frame and op == "pmd_remap"}
     remapped = {b for b, (op, _) in faults.items() if op == "hvo_remap"}
+    # A block whose last vmemmap page moved to a page-allocator frame: its
+    # last self-hosted frame describes the pfns before the moved ones.
+    fallback = {b: frame for b, (op, frame) in faults.items() if op == "vmemmap_fallback"}
     for r in self_hosted_runs(mm, extents):
         if r.block in remapped:
             continue  # test_hvo_remap_seen
+        if r.block in fallback:
+            b = mm.blocks[r.block]
+            moved = frames_to_described(extents, fallback[r.block])
+            assert _spans(moved) == [(b.end_pfn - per_frame, b.end_pfn)]
+            assert {e.kind for _, _, e in moved} == {"ordinary"}
+            last = frames_to_described(extents, r.start_pfn + r.nr_pages - 1)
+            assert _spans(last) == [(b.end_pfn - 2 * per_frame, b.end_pfn - per_frame)]
+            continue
         if r.start_pfn in shared:
             assert len(frames_to_described(extents, r.start_pfn)) == 2
             continue

@@ -16,7 +16,6 @@ from . import kernel
 from .paths import CACHE, HERE, run
 
 
-
 def build_module(key: str, committed: bool = False) -> Path:
     """faultmod.ko for kernel ``key`` (its build, or the committed kernel)."""
     obj = kernel.objdir(key, committed)
@@ -92,6 +91,8 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         target["block_pfn"] = target["block"] * pages_per_block
     params = {"op": op, "memory_blocks_addr": symbol(runner.scenario.kernel, "memory_blocks",
                                                       runner.committed)}
+    if op == "vmemmap_fallback":
+        params["init_mm_addr"] = symbol(runner.scenario.kernel, "init_mm", runner.committed)
     for k in ("pfn", "count", "flag", "sflag", "value", "mask", "block", "section"):
         if k in target:
             params[k] = target[k]

@@ -587,13 +587,22 @@ _PPC64K_FAULTS = [
                                 "expect": _expect("section-state", "$pfn", "$pfn+256")}),
     ("fault", "block_new_altmap", {"block_id": 2, "value": 4,
                                    "expect": _expect("early-self-hosted", "$pfn", "$pfn+4")}),
+    # The kernel's fallback: the last vmemmap page of offline self-hosted
+    # block 10 (the struct pages of its pfns 3072-4095) on a page from the
+    # page allocator, altmap->alloc 3.  Consistent, but the memmap is not
+    # where the altmap says: a warning.
+    ("fault", "vmemmap_fallback", {"dimm": "dimm3", "block": 1, "offset": 3072,
+                                   "expect": _expect("altmap-mismatch", "$pfn", "$pfn+1024",
+                                                     severity="warning")}),
 ]
 _add("force-faults", Scenario("6.12-ppc64le-64k", _PPC64K_BASIC + _PPC64K_FAULTS, (
     "ppc64le-64k force-hotplug-basic, then faultmod.ko (built for ppc64le) breaks one "
     "thing per rule: markers cleared on a self-hosted block's memmap and on the unused "
     "reserved pages of a block that reused the boot PMD, a stray marker just past a "
     "reserved area, an extra reference on a vmemmap page, a wrong altmap->alloc, a "
-    "section's SECTION_IS_ONLINE, an altmap on a boot LMB."),
+    "section's SECTION_IS_ONLINE, an altmap on a boot LMB, and a vmemmap page moved to "
+    "the page allocator's memory as radix__vmemmap_pte_populate() does when the altmap "
+    "cannot give one."),
     cmdline="memory_hotplug.memmap_on_memory=force init_on_free=1"))
 
 

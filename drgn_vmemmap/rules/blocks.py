@@ -3,12 +3,13 @@ Rules about memory blocks and their sections: block-geometry, section-state,
 early-self-hosted and altmap-mismatch.
 """
 
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Set, Tuple
 
 from drgn import FaultError, Program
 from drgn.helpers.linux.mmzone import nr_to_section
 
-from ..context import Context
+from ..context import Context, extent_delta
+from ..model import Block
 from ..records import Holds, NotChecked, Note, Result, state_name
 from .common import _v
 
@@ -220,6 +221,8 @@ def altmap_mismatch(ctx: Context) -> Iterator[Result]:
                        f"already existed (vmemmap_populate() keeps a present leaf PMD: ppc64 "
                        f"radix with 64K pages, where one PMD maps the memmap of 2 GiB): its "
                        f"{area} reserved vmemmap pages are marked and unused")
+        if a is not None:
+            yield from _fallback(ctx, b)
         if problems:
             n = max(found, ctx.vmemmap_area(b.id), a.free if a else 0,
                     a.alloc if a else 0, 1)
@@ -232,3 +235,40 @@ def altmap_mismatch(ctx: Context) -> Iterator[Result]:
                      section=b.id * f.sections_per_block, block=b.id)
         else:
             yield Holds(rule)
+
+
+def _fallback(ctx: Context, b: Block) -> Iterator[Result]:
+    """
+    Struct pages of a block added with an altmap on page-allocator frames of
+    their own (not the continuation of a boot mapping, not HVO's aliases):
+    what ``radix__vmemmap_pte_populate()`` (ppc64) leaves when the altmap
+    cannot give a page and ``vmemmap_alloc_block_buf(..., NULL)`` takes one
+    from RAM.  Harmless to the kernel, but the memmap is not where the block's
+    record says, and those frames go back with ``vmemmap_free()``, not with
+    the block: a warning.  Frames in a movable hot-plugged block or another
+    block's vmemmap area are cross-hosted's to report.
+    """
+    hot = ctx.hotplugged()
+    boot = ctx.boot_deltas()
+    runs: List[Tuple[int, int, Set[int]]] = []
+    for e in ctx.extents_overlapping(b.start_pfn, b.end_pfn):
+        if e.kind != "ordinary" or e.aliased or extent_delta(ctx.mm, e) in boot:
+            continue
+        hb = ctx.mm.blocks.get(e.host_block) if e.host_block is not None else None
+        if hot.get(e.host_block or -1, False) and hb is not None and hb.zone == "Movable":
+            continue
+        assert e.frame_start_pfn is not None  # ordinary: mapped
+        on = set(range(e.frame_start_pfn, e.frame_start_pfn + e.nr_frames))
+        if runs and runs[-1][1] == e.described_start_pfn:
+            runs[-1] = (runs[-1][0], e.described_end_pfn, runs[-1][2] | on)
+        else:
+            runs.append((e.described_start_pfn, e.described_end_pfn, on))
+    for start, end, held in runs:
+        frames = len(held)
+        yield _v("altmap-mismatch", start, end, "struct pages on the block's altmap frames",
+                 f"{frames} page-allocator frame(s)",
+                 f"block {b.id} was added with an altmap, yet the struct pages of pfns "
+                 f"{start:#x}-{end - 1:#x} are on frames from the page allocator (the "
+                 f"architecture's fallback when the altmap gives no page: "
+                 f"radix__vmemmap_pte_populate() on ppc64)",
+                 section=ctx.section_nr(start), block=b.id, severity="warning")

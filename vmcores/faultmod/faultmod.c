@@ -24,6 +24,11 @@
  *                                                  HVO does, on a PMD-mapped vmemmap; see below)
  *   op=pgtable_owner_priv                         (set PG_owner_priv_1 on the PTE table that maps
  *                                                  pid 1's stack: what Xen PV's PG_pinned looks like)
+ *   op=vmemmap_fallback pfn=P block=B             (the vmemmap page holding P's struct page, mapped
+ *                                                  by a PTE, moves to a page from the page allocator
+ *                                                  and B's altmap->alloc drops by one: what
+ *                                                  radix__vmemmap_pte_populate() leaves when the
+ *                                                  altmap cannot give it a page; see below)
  *
  * The page-table operations are meant for offline blocks, whose struct pages
  * nothing touches before the dump; the TLB is deliberately not flushed.
@@ -46,7 +51,7 @@
 #include <asm/pgtable.h>
 
 static char *op = "";
-static unsigned long pfn, count = 1, section, mask, block, memory_blocks_addr;
+static unsigned long pfn, count = 1, section, mask, block, memory_blocks_addr, init_mm_addr;
 static long value;
 static char *flag = "owner_priv_1";
 static char *sflag = "";
@@ -57,6 +62,8 @@ module_param(section, ulong, 0);
 module_param(mask, ulong, 0);
 module_param(block, ulong, 0);
 module_param(memory_blocks_addr, ulong, 0);
+/* init_mm is not exported on every architecture (ppc64): from System.map. */
+module_param(init_mm_addr, ulong, 0);
 module_param(value, long, 0);
 module_param(flag, charp, 0);
 module_param(sflag, charp, 0);
@@ -265,6 +272,54 @@ static int __init faultmod_init(void)
 			op, pfn, va, old, (unsigned long)pmd_val(*pmd), __pa(table) >> PAGE_SHIFT,
 			base + first, nr_vmemmap - 1, base + first + 1, base + first + nr_vmemmap);
 #endif /* CONFIG_X86: lookup_address() and PG_LEVEL_2M are x86's */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
+	} else if (!strcmp(op, "vmemmap_fallback")) {
+		/*
+		 * ppc64 radix maps an LMB's memmap with base pages, each from the
+		 * LMB's altmap, and falls back to vmemmap_alloc_block_buf(...,
+		 * NULL) (the page allocator) for a page the altmap cannot give.
+		 * Leave that state behind for the last vmemmap page of a block:
+		 * a copy of it on a new page, its PTE pointed there, and the
+		 * altmap's count one lower (the altmap frame it used backs
+		 * nothing now, as the kernel would never have taken it).  The TLB
+		 * is not flushed; the dump reads the page tables from memory.
+		 */
+		unsigned long va = (unsigned long)pfn_to_page(pfn) & PAGE_MASK;
+		struct memory_block *mem = get_block(block);
+		struct page *fresh;
+		pgd_t *pgd;
+		p4d_t *p4d;
+		pud_t *pud;
+		pmd_t *pmd;
+		pte_t *pte;
+
+		if (!mem || !mem->altmap || !mem->altmap->alloc || !init_mm_addr)
+			return -ENOENT;
+		pgd = pgd_offset((struct mm_struct *)init_mm_addr, va);
+		p4d = p4d_offset(pgd, va);
+		if (p4d_none(*p4d) || p4d_leaf(*p4d))
+			return -ENXIO;
+		pud = pud_offset(p4d, va);
+		if (pud_none(*pud) || pud_leaf(*pud))
+			return -ENXIO;
+		pmd = pmd_offset(pud, va);
+		if (pmd_none(*pmd) || pmd_leaf(*pmd))
+			return -ENXIO;
+		pte = pte_offset_kernel(pmd, va);
+		if (!pte_present(*pte))
+			return -ENXIO;
+		fresh = alloc_pages_node(page_to_nid(pfn_to_page(pfn)), GFP_KERNEL, 0);
+		if (!fresh)
+			return -ENOMEM;
+		copy_page(page_address(fresh), (void *)va);
+		old = pte_pfn(*pte);
+		/* set_pte_at() is out of line and unexported on ppc64. */
+		WRITE_ONCE(*pte, pfn_pte(page_to_pfn(fresh), PAGE_KERNEL));
+		mem->altmap->alloc--;
+		pr_info("faultmod: {\"op\": \"%s\", \"pfn\": %lu, \"va\": %lu, \"block\": %lu, "
+			"\"old_frame\": %lu, \"new_frame\": %lu, \"alloc\": %lu}\n",
+			op, pfn, va, block, old, page_to_pfn(fresh), mem->altmap->alloc);
+#endif /* memory_block.altmap: 6.6+ */
 	} else if (!strcmp(op, "pgtable_owner_priv")) {
 		/*
 		 * Xen PV pins page tables with PG_pinned, an alias of
