@@ -16,6 +16,7 @@ from ..records import Holds, Result
 from .backing import cross_hosted, vmemmap_unbacked
 from .blocks import altmap_mismatch, block_geometry, early_self_hosted, section_state
 from .markers import marker_stray, section_marker, vmemmap_unmarked
+from .memmap import memmap_type
 from .pages import hvo_self_hosted, vmemmap_page_state
 
 __all__ = ("Holds", "RULES", "Result")
@@ -33,4 +34,5 @@ RULES: Dict[str, Callable[..., Iterator[Result]]] = {
     "vmemmap-page-state": vmemmap_page_state,
     "section-marker": section_marker,
     "hvo-self-hosted": hvo_self_hosted,
+    "memmap-type": memmap_type,
 }

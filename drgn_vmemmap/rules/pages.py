@@ -30,6 +30,10 @@ def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
     # give vmemmap pages that type and PG_reserved together, whatever the
     # release does for hot-plugged memmap otherwise.
     vmemmap_type = any(m in f.markers for m in ("PGTY_vmemmap", "PG_vmemmap"))
+    # Kernels with the PG_memmap scheme (memmap-type) give every memmap page
+    # PGTY_memmap, self-hosted ones included.
+    allowed = [t for t in ("vmemmap", "memmap") if t in f.page_types.types
+               and (t == "memmap" or vmemmap_type)]
     if not ctx.self_hosted_by_block():
         yield NotChecked(rule, _NO_RANGES)
     for r in ctx.self_hosted_by_block().values():
@@ -55,14 +59,15 @@ def vmemmap_page_state(ctx: Context) -> Iterator[Result]:
         def mapping_found(i: int, c: PageColumns = cols) -> str:
             return f"mapping {int(c.mapping[i]):#x}"
 
-        type_check: _Check
-        if vmemmap_type:
-            # The vmemmap page type is the expected one; its absence is
-            # vmemmap-unmarked's to report, any other type is ours.
-            type_check = ("no page type but vmemmap",
-                          ctx.has_type(cols) & ~ctx.type_is(cols, "vmemmap"), type_found)
-        else:
-            type_check = ("no page type", ctx.has_type(cols), type_found)
+        # The schemes' own page types are the expected ones: their absence is
+        # vmemmap-unmarked's (PGTY_vmemmap) or memmap-type's (PGTY_memmap) to
+        # report, any other type is ours.
+        other_type = ctx.has_type(cols)
+        for t in allowed:
+            other_type &= ~ctx.type_is(cols, t)
+        type_check: _Check = (
+            "no page type" + (" but " + " or ".join(allowed) if allowed else ""),
+            other_type, type_found)
         checks: List[_Check] = [
             type_check,
             ("refcount 1", cols.refcount != 1, refcount_found),
