@@ -121,15 +121,24 @@ def inject(runner: Any, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
         want = op == "set_flag"
         if any(("owner_private" in names) != want for _, _, names in runs):
             raise RuntimeError(f"kpageflags does not show the {op} at {target['pfn']}: {runs}")
-    if op == "page_type":
-        # The 6.12-marking kernel reports PageVmemmap() in kpageflags (bit 43):
-        # confirm that the vmemmap page type is now there, or gone, as asked.
+    if op == "memmap_type":
+        # The module chose the frame from the page tables (see faultmod.c).
+        pfn = reports[0]["pfn"]
+        target.update(pfn=pfn, block=pfn // (runner.block_size // runner.page_size),
+                      section=pfn // runner.section_pages,
+                      described_pfn=reports[0]["described_pfn"])
+    if op in ("page_type", "memmap_type"):
+        # The patched kernels report their page types in kpageflags: the
+        # 6.12-marking kernel PageVmemmap() (bit 43, PGTY 0xf8), the
+        # 6.12-memmap kernel PageMemmap() (bit 44, PGTY 0xf9).  Confirm that
+        # the type is now there, or gone, as asked.
         from .truth import kpageflags_runs
         runs = kpageflags_runs(runner.g, target["pfn"], target.get("count", 1))
-        want = (target["value"] & 0xFFFFFFFF) >> 24 == 0xF8
-        if any(("vmemmap" in names) != want for _, _, names in runs):
-            raise RuntimeError(f"kpageflags does not show page_type {target['value']:#x} "
-                               f"at {target['pfn']}: {runs}")
+        top = (target["value"] & 0xFFFFFFFF) >> 24
+        for name, code in (("vmemmap", 0xF8), ("memmap", 0xF9)):
+            if any((name in names) != (top == code) for _, _, names in runs):
+                raise RuntimeError(f"kpageflags does not show page_type {target['value']:#x} "
+                                   f"at {target['pfn']}: {runs}")
     # One expected violation, or a list when a fault breaks two invariants.
     expects = args.get("expect", [])
     expects = [expects] if isinstance(expects, dict) else expects

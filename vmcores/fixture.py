@@ -57,6 +57,11 @@ def expected_vmemmap_pages(key: str, param: str, dimm_size: int, block_size: int
 MARKING_KPF = ("owner_private", "reserved", "vmemmap")
 
 
+def memmap_kernel(key: str) -> bool:
+    """Whether kernel ``key`` carries the PGTY_memmap patch (patches/6.12-pg-memmap.patch)."""
+    return any("pg-memmap" in p for p in kernel.spec(key).patches)
+
+
 def marking_kernel(key: str) -> bool:
     """Whether kernel ``key`` carries vmemmap-marking patches (see patches/)."""
     return any("vmemmap-marking" in p for p in kernel.spec(key).patches)
@@ -168,8 +173,17 @@ class Runner:
         block is onlined."""
         info = self.g.resize_virtio_mem(dev, requested_mb)
         first = info["addr"] // self.block_size
-        self._wait_blocks(list(range(first, first - (-info["plugged_size"] // self.block_size))),
-                          dev)
+        used = -(-info["plugged_size"] // self.block_size)
+        self._wait_blocks(list(range(first, first + used)), dev)
+        # Shrunk: a block whose sub-blocks are all unplugged again is
+        # offlined and removed by the guest (virtio_mem_sbm_unplug_any_sb_online()).
+        gone = list(range(first + used, first + info["size"] // self.block_size))
+        for _ in range(600):
+            present = truth.memory_blocks(self.g)
+            if not any(b in present for b in gone):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"guest did not remove the unplugged blocks of {dev}: {gone}")
 
     def do_dax_kmem(self, dev: str, memmap_on_memory: int) -> None:
         """Give dax device ``dev`` to kmem with its ``memmap_on_memory``
@@ -238,6 +252,8 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
     kpf: Dict[str, Any] = {}
     hugepages: Dict[str, List[int]] = {}
     marking = marking_kernel(key)
+    memmap = memmap_kernel(key)
+    memmap_frames: List[List[int]] = []
     for bid in sorted(blocks):
         b = dict(blocks[bid])
         b["start_pfn"] = bid * pages_per_block
@@ -246,6 +262,10 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
         if bid in hot:
             b.update(dimm=hot[bid]["dimm"], dimm_index=hot[bid]["index"])
         runs = truth.kpageflags_runs(g, b["start_pfn"], pages_per_block)
+        if memmap:
+            # PageMemmap() frames, as the kernel's own kpageflags shows them
+            # (bit 44): runs of [first pfn, pages].
+            memmap_frames += [[s, n] for s, n, names in runs if "memmap" in names]
         heads = truth.hugepage_heads(runs)
         if heads:
             hugepages[str(bid)] = heads
@@ -276,6 +296,14 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
                         raise RuntimeError(
                             f"block {bid}: kpageflags shows {typed} pages with "
                             f"{'+'.join(MARKING_KPF)} at its start, the patch promises {n}")
+                if memmap and n:
+                    # The memmap patch types every frame that backs struct
+                    # pages: a self-hosted block's N frames among them.
+                    typed = sum(max(0, min(p + k, b["start_pfn"] + n) - max(p, b["start_pfn"]))
+                                for p, k, names in runs if "memmap" in names)
+                    if typed != n:
+                        raise RuntimeError(f"block {bid}: kpageflags shows PGTY_memmap on "
+                                           f"{typed} of its {n} self-hosted frames")
                 b["vmemmap_source"] = "kpageflags"
             else:
                 b["vmemmap_source"] = "rule"
@@ -298,6 +326,7 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
         "removed_dimms": list(r.removed),
         "self_hosted": ranges,
         "kpageflags": kpf,
+        **({"memmap_type_frames": _coalesce_runs(memmap_frames)} if memmap else {}),
         "hugepage_heads": hugepages,
         # 0 on a kernel without HugeTLB (the force kernel).
         "nr_hugepages": {n: int(g.sh(f"cat /sys/devices/system/node/node{n}/hugepages/"
@@ -308,6 +337,17 @@ def collect_truth(r: Runner, key: str) -> Dict[str, Any]:
         "meminfo": dict(line.split(":", 1)[0:2] for line in
                         g.sh("cat /proc/meminfo").splitlines() if ":" in line),
     }
+
+
+def _coalesce_runs(runs: List[List[int]]) -> List[List[int]]:
+    """``[[start, n], ...]`` sorted, adjacent runs merged."""
+    out: List[List[int]] = []
+    for start, n in sorted(runs):
+        if out and out[-1][0] + out[-1][1] == start:
+            out[-1][1] += n
+        else:
+            out.append([start, n])
+    return out
 
 
 def readable(vmcore: Path, vmlinux: Path, manifest: Dict[str, Any]) -> Optional[str]:

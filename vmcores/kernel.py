@@ -95,6 +95,12 @@ KERNELS: Dict[str, KernelSpec] = {
     # configs/devices.config.
     "6.12-devices": KernelSpec("6.12-devices", "linux-source-6.12", None,
                                ["base", "6.12", "devices"], [], bzimage=False),
+    # 6.12 with the last proposal of the 2022 review, never written upstream:
+    # a PGTY_memmap page type on every page that holds struct pages (issue 14;
+    # see the patch header).  HVO and memmap_on_memory as in 6.12.
+    "6.12-memmap": KernelSpec("6.12-memmap", "linux-source-6.12", None,
+                              ["base", "6.12", "devices", "memmap"], ["6.12-pg-memmap.patch"],
+                              bzimage=False),
     # Cross-built, from the same Debian 6.12 source (issue 11): arm64 with 4K
     # pages on QEMU virt + UEFI + ACPI; ppc64le pseries radix with 64K and 4K
     # pages (pseries has no HugeTLB vmemmap optimisation, neither has arm64

@@ -493,6 +493,57 @@ _add("mixed", Scenario("6.12-devices", list(_DEVICES), (
     guest={"virtio_mem": [{"dev_id": "vm0", "size_mb": 384, "node": 0}]}))
 
 
+
+# The 6.12-memmap kernel (patches/6.12-pg-memmap.patch, issue 14): PGTY_memmap
+# on every page that holds struct pages, reported by kpageflags as bit 44.
+# Every source of memmap in one guest, on devices.config: boot memory
+# (memblock), HVO's replacement pages, self-hosted blocks (dax0.0 with its
+# memmap_on_memory attribute, a pc-dimm), memmap from the page allocator
+# (virtio-mem, never memmap_on_memory), and one block hot-removed: vm0 is
+# plugged to 320 MiB (blocks 32, 33 and half of 34), onlined movable, then
+# shrunk to 200 MiB, so that virtio-mem unplugs block 34's sub-blocks and
+# offlines and removes the block (virtio_mem_sbm_unplug_any_sb_online()):
+# section_deactivate() must clear the type off its memmap's frames before
+# they go back to the page allocator.  Then _DEVICES' HugeTLB pools.
+_MEMMAP = [s for s in _DEVICES if s[0] not in ("virtio_mem", "hugepages")
+           or s[1:] in ((0, 8), (1, 8))]
+_MEMMAP.insert(_MEMMAP.index(("dax_kmem", "dax0.0", 1)) + 1, ("virtio_mem", "vm0", 320))
+_MEMMAP.insert(_MEMMAP.index(("online", "vm0", [1], "online_movable")) + 1,
+               ("online", "vm0", [2], "online_movable"))
+_MEMMAP += [("virtio_mem", "vm0", 200), ("hugepages", 0, 72), ("hugepages", 1, 158)]
+_MEMMAP_DOC = ("6.12 patched with PGTY_memmap on every page that holds struct pages "
+               "(never upstream: the 2022 review's last proposal), kpageflags bit 44. ")
+_MEMMAP_GUEST = {"virtio_mem": [{"dev_id": "vm0", "size_mb": 384, "node": 0}]}
+_add("hotplug-basic", Scenario("6.12-memmap", list(_MEMMAP), _MEMMAP_DOC + (
+    "6.12-devices-mixed's memory with one block hot-removed: boot memmap (memblock), "
+    "HVO'd folios in boot memory and virtio-mem, self-hosted dax0.0 and pc-dimm blocks, "
+    "virtio-mem blocks whose memmap came from the page allocator, and virtio-mem's "
+    "third block plugged, onlined and removed again (shrunk from 320 to 200 MiB).  "
+    "kpageflags shows the type on exactly the frames the page tables map the "
+    "vmemmap to; the manifest lists them.  Pages stored plain and the file xz'd."),
+    cmdline="memmap=256M%0x20000000-1+0xefffffff", xz=True, guest=_MEMMAP_GUEST))
+_FAULTS_MEMMAP = [
+    # A frame of the boot memmap (the one holding boot block 2's first
+    # struct pages) without the type.
+    ("fault", "memmap_type", {"block_id": 2, "flag": "backing", "value": 0xFFFFFFFF,
+                              "expect": _expect("memmap-type", "$pfn", "$pfn+1")}),
+    # HVO's replacement page of the first HVO'd folio in boot memory lost it.
+    ("fault", "memmap_type", {"block_id": 0, "flag": "hvo_head", "value": 0xFFFFFFFF,
+                              "expect": _expect("memmap-type", "$pfn", "$pfn+1")}),
+    # A frame HVO freed from that folio still has it (a free page, or reused).
+    ("fault", "memmap_type", {"block_id": 0, "flag": "hvo_freed", "value": 0xF9000000,
+                              "expect": _expect("memmap-type", "$pfn", "$pfn+1")}),
+    # The type on an ordinary page of the self-hosted pc-dimm's first block.
+    ("fault", "page_type", {"dimm": "dimm0", "block": 0, "offset": 20000, "count": 1,
+                            "value": 0xF9000000,
+                            "expect": _expect("memmap-type", "$pfn", "$pfn+1")}),
+]
+_add("faults", Scenario("6.12-memmap", list(_MEMMAP) + _FAULTS_MEMMAP, _MEMMAP_DOC + (
+    "hotplug-basic, then faultmod.ko breaks the type: cleared on a boot memmap frame "
+    "and on an HVO replacement page, left on a frame HVO freed, set on an ordinary "
+    "page."), cmdline="memmap=256M%0x20000000-1+0xefffffff", xz=True,
+    guest=_MEMMAP_GUEST))
+
 # arm64 (issue 11): QEMU virt with UEFI and ACPI, 4K pages, 128 MiB blocks
 # and sections as on x86-64.  Boot RAM starts at 1 GiB (blocks 8-15); the
 # DIMMs land in device memory from 2 GiB (block 16 on).  No HVO on arm64

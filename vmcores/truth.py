@@ -15,6 +15,9 @@ KPF = {
     # Not upstream: the 6.12-marking patch reports PageVmemmap() here (a
     # kernel-hacking bit no kernel up to 7.2 uses, so never set elsewhere).
     "vmemmap": 43,
+    # Not upstream either: the 6.12-memmap patch reports PageMemmap() (every
+    # page that holds struct pages) here.
+    "memmap": 44,
 }
 KPF_BY_BIT = {v: k for k, v in KPF.items()}
 

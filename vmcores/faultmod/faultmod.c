@@ -29,6 +29,12 @@
  *                                                  and B's altmap->alloc drops by one: what
  *                                                  radix__vmemmap_pte_populate() leaves when the
  *                                                  altmap cannot give it a page; see below)
+ *   op=memmap_type flag=WHICH pfn=P value=V       (x86: page_type = V on a frame of the memmap,
+ *                                                  found in the page tables: WHICH = backing
+ *                                                  (the frame holding P's struct page),
+ *                                                  hvo_head (the page an HVO'd folio at or after
+ *                                                  P is remapped onto), hvo_freed (a frame HVO
+ *                                                  freed from that folio); see below)
  *
  * The page-table operations are meant for offline blocks, whose struct pages
  * nothing touches before the dump; the TLB is deliberately not flushed.
@@ -320,6 +326,89 @@ static int __init faultmod_init(void)
 			"\"old_frame\": %lu, \"new_frame\": %lu, \"alloc\": %lu}\n",
 			op, pfn, va, block, old, page_to_pfn(fresh), mem->altmap->alloc);
 #endif /* memory_block.altmap: 6.6+ */
+#if defined(CONFIG_X86) && LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+	} else if (!strcmp(op, "memmap_type")) {
+		/*
+		 * The 6.12-memmap kernel's PGTY_memmap (patches/6.12-pg-memmap.patch):
+		 * set page_type = value on a frame that holds (or held) struct
+		 * pages, chosen here from the page tables, and say which.
+		 */
+		unsigned long p = pfn, va, frame = 0, lim = pfn + (1UL << 20);
+		unsigned int level;
+		pte_t *pte;
+		struct page *page;
+
+		if (strcmp(flag, "backing")) {
+			/* The first HVO'd 2 MiB HugeTLB folio at or after pfn. */
+			for (p = ALIGN(pfn, 512); p < lim; p += 512) {
+				if (!pfn_valid(p))
+					continue;
+				page = pfn_to_page(p);
+				if (PageHead(page) && folio_test_hugetlb(page_folio(page)) &&
+				    test_bit(HPG_vmemmap_optimized, &page->private))
+					break;
+			}
+			if (p >= lim)
+				return -ENOENT;
+		}
+		va = (unsigned long)pfn_to_page(p) & PAGE_MASK;
+		pte = lookup_address(va, &level);
+		if (!pte || !pte_present(*pte))
+			return -ENXIO;
+		if (level == PG_LEVEL_2M)
+			frame = pmd_pfn(*(pmd_t *)pte) + ((va & ~PMD_MASK) >> PAGE_SHIFT);
+		else if (level == PG_LEVEL_4K)
+			frame = pte_pfn(*pte);
+		else
+			return -ENXIO;
+		if (!strcmp(flag, "hvo_freed")) {
+			/*
+			 * HVO split the boot memmap's 2 MiB leaf into a PTE table
+			 * mapping the same frames in order (split_vmemmap_huge_pmd()),
+			 * then remapped the folio's vmemmap pages and freed the frames
+			 * they had: the leaf's base, from two neighbouring entries
+			 * that still map in order, gives them back.
+			 */
+			pte_t *table = pte - ((va & ~PMD_MASK) >> PAGE_SHIFT);
+			unsigned long j, k, base = 0, first = (va & ~PMD_MASK) >> PAGE_SHIFT;
+
+			if (level != PG_LEVEL_4K)
+				return -ENXIO;
+			for (j = 0; j + 1 < PTRS_PER_PTE; j++)
+				if (pte_present(table[j]) && pte_present(table[j + 1]) &&
+				    pte_pfn(table[j + 1]) == pte_pfn(table[j]) + 1 &&
+				    pte_pfn(table[j]) >= j) {
+					base = pte_pfn(table[j]) - j;
+					break;
+				}
+			if (j + 1 >= PTRS_PER_PTE)
+				return -ENOENT;
+			/*
+			 * The folio's vmemmap pages 1.. had frames base + first + k;
+			 * take the first that this table maps no more and that
+			 * holds no struct pages again since (HVO freed it, and it
+			 * is no other folio's replacement page now).
+			 */
+			for (k = 1; k < (512 * sizeof(struct page)) >> PAGE_SHIFT; k++) {
+				frame = base + first + k;
+				for (j = 0; j < PTRS_PER_PTE; j++)
+					if (pte_present(table[j]) && pte_pfn(table[j]) == frame)
+						break;
+				if (j == PTRS_PER_PTE &&
+				    pfn_to_page(frame)->page_type >> 24 != 0xf9 /* PGTY_memmap */)
+					break;
+			}
+			if (k == (512 * sizeof(struct page)) >> PAGE_SHIFT)
+				return -EEXIST;
+		}
+		page = pfn_to_page(frame);
+		old = page->page_type;
+		page->page_type = (unsigned int)value;
+		new = page->page_type;
+		pr_info("faultmod: {\"op\": \"%s\", \"which\": \"%s\", \"pfn\": %lu, "
+			"\"described_pfn\": %lu, \"old\": %lu, \"new\": %lu}\n",
+			op, flag, frame, p, old, new);
+#endif /* memmap_type: x86 (lookup_address()), 6.12's page_type encoding */
 	} else if (!strcmp(op, "pgtable_owner_priv")) {
 		/*
 		 * Xen PV pins page tables with PG_pinned, an alias of
