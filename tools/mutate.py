@@ -57,6 +57,12 @@ Target classes (weights in :data:`CLASSES`):
 ``hvo-replacement``
     the ``struct page`` of a frame that backs an optimised folio's vmemmap
     (HVO's head copy, 7.2's shared tail): an ordinary allocated page.
+``memmap-frame``
+    on kernels with ``PGTY_memmap`` only (6.12-memmap): the ``struct page``
+    of a frame that holds struct pages (the manifest's
+    ``truth.memmap_type_frames``, from the guest's kpageflags) in an online
+    block: boot memmap, page-allocator memmap, HVO's pages; half the time
+    its ``page_type``.
 ``buddy``, ``slab``, ``page-table``
     the ``struct page`` of a free buddy page (``PGTY_buddy``), a slab page,
     a page-table page (``PGTY_table``), found in the clean dump, in
@@ -116,6 +122,11 @@ before and fails after.  Per object:
 
   And ``marker-stray`` when the page gets the ``PGTY_vmemmap`` type (no
   alias).
+* any struct page in an online section of an ONLINE block, flags not all
+  ones, on a kernel with ``PGTY_memmap`` (6.12-memmap): ``memmap-type`` when
+  it has the type and is not one of the frames the guest's kpageflags
+  showed with it (``truth.memmap_type_frames``), or is one of them and lost
+  it.  Self-hosted pages have it too, so ``vmemmap-page-state`` allows it.
 * the head of a HugeTLB folio (``private``): ``hvo-self-hosted`` when
   ``HPG_vmemmap_optimized`` becomes set on a folio that lies in a block with
   vmemmap pages or whose first struct page is backed by a self-hosted frame.

@@ -19,16 +19,22 @@ from drgn import FaultError, offsetof, sizeof  # noqa: E402
 from tools.mutate_kernel import Subject  # noqa: E402
 
 PAGE_CLASSES = ("vmemmap-page", "block-page", "compound", "hvo-folio", "hvo-replacement",
-                "buddy", "slab", "page-table")
+                "buddy", "slab", "page-table", "memmap-frame")
 CLASSES = (("vmemmap-page", 25), ("block-page", 12), ("section", 13), ("block", 15),
            ("compound", 8), ("hvo-folio", 7), ("hvo-replacement", 4), ("buddy", 6),
-           ("slab", 5), ("page-table", 5), ("dump", 4))
+           ("slab", 5), ("page-table", 5), ("dump", 4), ("memmap-frame", 10))
+#: Classes drawn only on kernels that have what they target (so that adding
+#: one leaves every other kernel's draws as they were).
+_ONLY_WITH = {"memmap-frame": lambda s: s.k.memmap_type is not None}
 PAGE_FIELDS = (("flags", 35), ("page_type", 20), ("refcount", 15), ("mapping", 15),
                ("compound_head", 15))
 #: Classes of pages that are not vmemmap pages: more weight on the flags
 #: (where the marker and its aliases are), and the folio's ``private``.
 OTHER_PAGE_FIELDS = (("flags", 45), ("page_type", 15), ("refcount", 10), ("mapping", 10),
                      ("compound_head", 10), ("private", 10))
+#: Frames that hold struct pages (PGTY_memmap kernels): the type first.
+MEMMAP_FRAME_FIELDS = (("page_type", 50), ("flags", 20), ("refcount", 10), ("mapping", 10),
+                       ("compound_head", 10))
 #: How often the first bit flipped is a field's top (sign) bit.
 TOP_BIT = 0.1
 INTERESTING_FLAGS = ("PG_owner_priv_1", "PG_reserved", "PG_lru", "PG_head", "PG_swapbacked",
@@ -168,6 +174,11 @@ def _page_target(s: Subject, rng: random.Random, klass: str) -> Optional[int]:
         return f.head + (which if which < 3 else rng.randrange(3, 1 << f.order))
     if klass == "hvo-replacement":
         return rng.choice(s.replacement_frames) if s.replacement_frames else None
+    if klass == "memmap-frame":
+        # A frame with PGTY_memmap (the manifest's kpageflags) in an online
+        # block: boot memmap, page-allocator memmap, HVO's pages.
+        frames = s.memmap_frame_targets
+        return rng.choice(frames) if frames else None
     pool = s.hot_pfns[klass] if s.hot_pfns[klass] and rng.random() < 0.7 else s.by_kind[klass]
     return rng.choice(pool) if pool else None
 
@@ -178,6 +189,7 @@ def _draw_page(s: Subject, rng: random.Random, index: int, klass: str) -> Option
     if pfn is None:
         return None
     field = _weighted(rng, PAGE_FIELDS if klass in ("vmemmap-page", "block-page")
+                      else MEMMAP_FRAME_FIELDS if klass == "memmap-frame"
                       else OTHER_PAGE_FIELDS)
     width = _page_field(s, field)[1] * 8
     if rng.random() < TOP_BIT:
@@ -192,8 +204,10 @@ def _draw_page(s: Subject, rng: random.Random, index: int, klass: str) -> Option
         first = 0
     elif field == "private" and k.hpg_optimized is not None and rng.random() < 0.5:
         first = k.hpg_optimized
-    elif field == "page_type" and k.vmemmap_type is not None and rng.random() < 0.2:
-        # Towards PGTY_vmemmap on the patched kernels (the top byte's bits).
+    elif field == "page_type" and (k.vmemmap_type is not None or k.memmap_type is not None) \
+            and rng.random() < 0.2:
+        # Towards PGTY_vmemmap / PGTY_memmap on the patched kernels (the top
+        # byte's bits).
         first = 24 + rng.randrange(8) if k.type_scheme == "pgty" else rng.randrange(width)
     else:
         first = rng.randrange(width)
@@ -249,7 +263,8 @@ def draw(s: Subject, seed: int, index: int, only: Optional[Sequence[str]] = None
     seed_text = f"{seed}/{s.name}/{index}" if not only else \
         f"{seed}/{s.name}/{index}/{','.join(sorted(only))}"
     rng = random.Random(seed_text)
-    classes = [c for c in CLASSES if not only or c[0] in only]
+    classes = [c for c in CLASSES if (not only or c[0] in only)
+               and _ONLY_WITH.get(c[0], lambda s: True)(s)]
     for _ in range(100):
         klass = _weighted(rng, classes)
         if klass in PAGE_CLASSES:

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -341,6 +341,8 @@ class Kernel:
             self.types = enum_types or dict(_MACRO_PAGE_TYPES)
         #: The vmemmap page type of kernels patched with the 2019 scheme.
         self.vmemmap_type = self.types.get("vmemmap")
+        #: PGTY_memmap (every memmap page) of the 6.12-memmap kernel.
+        self.memmap_type = self.types.get("memmap")
         # section_mem_map flags: an enum of SECTION_*_BIT since 6.0, macros before.
         present_bit = _symbol(prog, "SECTION_MARKED_PRESENT_BIT")
         if present_bit is not None:
@@ -522,6 +524,17 @@ class Subject:
             raise RuntimeError(f"{name}: the checker's ranges on the clean copy {found} are "
                                f"not the manifest's {want}")
         self.hotplugged = sorted(b["id"] for b in truth["blocks"] if b.get("hotplugged"))
+        #: Frames with PGTY_memmap in the clean kernel, as the guest's
+        #: kpageflags showed them (bit 44 of the 6.12-memmap kernel): the
+        #: frames that hold struct pages, by the kernel's own word.
+        self.memmap_frames: Set[int] = {
+            p for start, n in truth.get("memmap_type_frames", []) for p in range(start, start + n)}
+        if k.memmap_type is not None and not self.memmap_frames:
+            self.close()
+            raise RuntimeError(f"{name}: the kernel has PGTY_memmap, the manifest no "
+                               "memmap_type_frames")
+        online = {b["id"] for b in truth["blocks"] if b["state"] == "online"}
+        self.memmap_frame_targets = sorted(p for p in self.memmap_frames if p // k.ppb in online)
         self.online = {b["id"] for b in truth["blocks"] if b["state"] == "online"}
         self.truth_node = {b["id"]: b["node"] for b in truth["blocks"]}
 

@@ -56,8 +56,33 @@ def _alias_explains(s: Subject, page: Dict[str, int]) -> bool:
     return False
 
 
+def _memmap_broken(s: Subject, pfn: int, page: Dict[str, int]) -> Set[str]:
+    """memmap-type: ``PGTY_memmap`` on ``pfn``'s page exactly when the clean
+    kernel's kpageflags showed it there (the frames holding struct pages),
+    on initialised memmap (an online section of an online block, flags not
+    poison)."""
+    k = s.k
+    if k.memmap_type is None or page["flags"] == _ALL_ONES:
+        return set()
+    sflags = _section_flags(s, pfn // k.pps)
+    m = k.section_masks
+    if sflags is None or not sflags & m["HAS_MEM_MAP"] or not sflags & m["IS_ONLINE"]:
+        return set()
+    block = s.blocks.get(pfn // k.ppb)
+    if block is not None and block["state"] != "MEM_ONLINE":
+        return set()
+    if k.type_is(page["page_type"], "memmap") != (pfn in s.memmap_frames):
+        return {"memmap-type"}
+    return set()
+
+
 def _page_broken(s: Subject, pfn: int, page: Dict[str, int]) -> Set[str]:
     """The rules whose invariant ``page`` (the struct page of ``pfn``) violates."""
+    return _memmap_broken(s, pfn, page) | _marker_page_broken(s, pfn, page)
+
+
+def _marker_page_broken(s: Subject, pfn: int, page: Dict[str, int]) -> Set[str]:
+    """The marker and page-state rules for ``page``, the struct page of ``pfn``."""
     k = s.k
     flags = page["flags"]
     out: Set[str] = set()
@@ -74,7 +99,9 @@ def _page_broken(s: Subject, pfn: int, page: Dict[str, int]) -> Set[str]:
         if k.vmemmap_type is not None and not is_vmemmap:
             out.add("vmemmap-unmarked")  # the vmemmap page type is a marker too
         reserved = s.vmemmap_reserved[bid]
-        if ((has_type and not is_vmemmap) or k.flag(flags, "PG_slab")
+        # PGTY_memmap (6.12-memmap) is the type every memmap page has.
+        is_memmap = k.memmap_type is not None and k.type_is(page["page_type"], "memmap")
+        if ((has_type and not is_vmemmap and not is_memmap) or k.flag(flags, "PG_slab")
                 or page["refcount"] != 1 or page["mapping"] != 0
                 or k.node(flags) != (s.truth_node[bid] if k.nodes_shift else None)
                 or (s.vmemmap_zone[bid] is not None and k.zone(flags) != s.vmemmap_zone[bid])
