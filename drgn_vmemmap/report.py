@@ -115,12 +115,18 @@ def blocks_json(ctx: "Context", violations: List[Violation],
     out = []
     for b in sorted(ctx.mm.blocks.values(), key=lambda b: b.id):
         r = hosted.get(b.id)
+        # Where its struct pages live: the blocks (pfn // pages per block,
+        # whether or not such a block exists) of the frames the page tables
+        # map its memmap to.
+        hosts = sorted({e.host_block for e in ctx.extents_overlapping(b.start_pfn, b.end_pfn)
+                        if e.host_block is not None})
         out.append({
             "block": b.id, "state": state_name(b.state), "node": b.nid, "zone": b.zone,
             "start_pfn": b.start_pfn, "nr_pages": b.nr_pages,
             "hotplugged": ctx.is_hotplugged(b),
             "recorded_vmemmap_pages": b.vmemmap_pages,
             "self_hosted_pages": r.frames if r else 0,
+            "memmap_host_blocks": hosts,
             "verdict": "error" if b.id in bad else "warning" if b.id in warn
             else "not checked (live race)" if b.id in raced
             else "not checked (dump damaged)" if b.id in ctx.damaged_ids
