@@ -65,8 +65,9 @@ def _target_options(parser: argparse.ArgumentParser, after: bool = False) -> Non
 
 
 def _output_options(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:
-    parser.add_argument("--format", choices=("table", "json"), default=default,
-                        help="output format (default: table on a terminal, else json)")
+    parser.add_argument("--format", choices=("table", "json", "svg", "html"), default=default,
+                        help="output format (default: table on a terminal, else json; "
+                             "svg and html for map)")
     parser.add_argument("--vmemmap-page-type", metavar="VALUE", default=default,
                         type=lambda s: int(s, 0),
                         help="value of a vmemmap page type that exists only as a macro "

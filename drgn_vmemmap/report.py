@@ -91,6 +91,7 @@ def features_json(ctx: "Context") -> Dict[str, object]:
         "vmemmap_reserved": f.vmemmap_reserved,
         "struct_page_size": f.layout.size,
         "pages_per_block": f.pages_per_block,
+        "page_size": 1 << f.page_shift,
     }
 
 

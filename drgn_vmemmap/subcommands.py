@@ -105,6 +105,34 @@ def _features(prog: "Program", args: argparse.Namespace) -> Output:
     return Output(*cmd_features(prog, args))
 
 
+def _map(prog: "Program", args: argparse.Namespace) -> Output:
+    from . import commands
+    from .check import check
+    from .mapview import build, render_html, render_svg, render_text
+
+    progress = None
+    if not args.no_progress and sys.stderr.isatty():
+        progress = commands.progress_bar()
+    report = check(prog, vmemmap_page_type=args.vmemmap_page_type, progress=progress,
+                   jobs=args.jobs)
+    doc = report.to_json()
+    view = build(doc)
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    status = 1 if report.errors() else 0
+    if fmt in ("svg", "html"):
+        text = render_svg(view) if fmt == "svg" else render_html(view, doc)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+            return Output({"written": args.output}, f"wrote {args.output}", status)
+        return Output(text, text, status)
+    data = {"title": view.title, "blocks_per_cell": view.per_cell,
+            "nodes": {str(n): [c._replace(blocks=tuple(b["block"] for b in c.blocks))._asdict()
+                               for c in cells] for n, cells in view.nodes.items()},
+            "marks": [m._asdict() for m in view.marks], "links": view.links}
+    return Output(data, render_text(view, width=args.width), status)
+
+
 def _triage(args: argparse.Namespace) -> int:
     from .triage import triage_main
 
@@ -171,6 +199,34 @@ from drgn_vmemmap import features
 print(features(prog))
 """),
     Subcommand(
+        "map", "draw physical memory one cell per memory block (terminal, SVG, HTML)", _map,
+        (arg("-o", "--output", metavar="FILE",
+             help="write the SVG or HTML map to FILE (default: stdout)"),
+         arg("--width", type=int, default=None, metavar="COLUMNS",
+             help="terminal width to wrap to (default: the terminal's)"),
+         arg("--no-progress", action="store_true", help="no progress bar on stderr"),
+         arg("-j", "--jobs", type=int, default=None, metavar="N",
+             help="processes for the whole-memory scan (as for check)")),
+        description="Check every rule, then draw physical memory one cell per memory block: "
+                    "its state and zone (M online movable, K online in a kernel zone, B boot, "
+                    "o offline), where its struct pages live (s its own block: self-hosted; "
+                    ". boot memory; > another hot-plugged block) and its worst finding "
+                    "(! error, ~ warning, ? not checked, n note).  Nodes are drawn apart, rows "
+                    "wrap to the terminal and are labelled with their first block id; colour "
+                    "and Unicode only on a terminal that has them (NO_COLOR is honoured).  "
+                    "--format svg or html writes the same map for a browser (-o FILE): hover a "
+                    "block for its pfns, node, zone, vmemmap pages and findings; violations "
+                    "are drawn at their pfns inside the block, cross-hosting as a link to the "
+                    "block that holds the memmap.  Exit status as for check.",
+        drgn_code="""\
+from drgn_vmemmap import check
+from drgn_vmemmap.mapview import build, render_text, render_svg
+
+view = build(check(prog).to_json())
+print(render_text(view))
+open("map.svg", "w").write(render_svg(view))
+"""),
+    Subcommand(
         "triage", "check many dumps in parallel, one JSON line each", _triage,
         (arg("paths", nargs="+", metavar="DUMP_OR_DIR"),
          arg("-j", "--jobs", type=int, default=os.cpu_count() or 1,
@@ -203,6 +259,11 @@ def run_subcommand(prog: "Program", args: argparse.Namespace,
     exit status."""
     out = out or sys.stdout
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    if fmt in ("svg", "html") and args.command != "map":
+        raise ValueError(f"--format {fmt} is for 'map' only; {args.command} writes table or json")
     o: Output = by_name(args.command).run(prog, args)
+    if fmt in ("svg", "html"):
+        print(o.table, file=out)
+        return o.status
     print(json.dumps(o.data, indent=2) if fmt == "json" else o.table, file=out)
     return o.status
