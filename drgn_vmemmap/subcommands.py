@@ -133,6 +133,13 @@ def _map(prog: "Program", args: argparse.Namespace) -> Output:
     return Output(data, render_text(view, width=args.width), status)
 
 
+def _watch(prog: "Program", args: argparse.Namespace) -> Output:
+    from .watch import watch_main
+
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    return Output(None, "", watch_main(prog, fmt, args.interval, args.duration))
+
+
 def _triage(args: argparse.Namespace) -> int:
     from .triage import triage_main
 
@@ -227,6 +234,25 @@ print(render_text(view))
 open("map.svg", "w").write(render_svg(view))
 """),
     Subcommand(
+        "watch", "re-check a live kernel whenever its memory map changes", _watch,
+        (arg("--interval", type=float, default=0.1, metavar="SECONDS",
+             help="how often to look at uevent_seqnum and the hotplug locks (default 0.1)"),
+         arg("--duration", type=float, default=None, metavar="SECONDS",
+             help="stop after this long (default: until Ctrl-C)")),
+        description="Live kernels only (-k, --qemu).  Whenever uevent_seqnum moves (a memory "
+                    "block added, removed, onlined or offlined), read the memory map, print "
+                    "which blocks changed, and re-check.  A finding of a settled re-check (no "
+                    "block in transition, hotplug locks free, uevent_seqnum unchanged across "
+                    "it) is a violation; one seen only mid-transition is reported as "
+                    "transient, with how long it lasted.  One line per change (JSON lines "
+                    "with --format json), a summary on Ctrl-C.  Exit status 1 if a violation "
+                    "of error severity was seen.",
+        drgn_code="""\
+from drgn_vmemmap.watch import watch
+
+summary = watch(prog, interval=0.1, duration=60, emit=print)
+"""),
+    Subcommand(
         "triage", "check many dumps in parallel, one JSON line each", _triage,
         (arg("paths", nargs="+", metavar="DUMP_OR_DIR"),
          arg("-j", "--jobs", type=int, default=os.cpu_count() or 1,
@@ -262,6 +288,8 @@ def run_subcommand(prog: "Program", args: argparse.Namespace,
     if fmt in ("svg", "html") and args.command != "map":
         raise ValueError(f"--format {fmt} is for 'map' only; {args.command} writes table or json")
     o: Output = by_name(args.command).run(prog, args)
+    if o.data is None and not o.table:  # streamed its own output (watch)
+        return o.status
     if fmt in ("svg", "html"):
         print(o.table, file=out)
         return o.status
