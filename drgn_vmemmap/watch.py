@@ -11,8 +11,9 @@ Every ``--interval`` seconds it reads ``uevent_seqnum`` and the hotplug locks
 not settle, it reads the memory map, says which blocks changed and how, and
 runs :func:`~drgn_vmemmap.check.check`, which itself re-reads the map after
 the rules and retries while it moves.  A re-check *settled* when no block
-changed under it and no hotplug operation was under way at either end (no
-"live race" in its report).
+changed under it, no hotplug operation was under way at either end (no
+"live race" in its report) and no block is in a transitional state
+(``going-offline``, ...).
 
 * A finding that a settled re-check reports is a **violation**: it holds in
   a state the kernel considers finished.  It is printed once when first
@@ -115,7 +116,11 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
             latencies.append(now - t0)
             if rss_first is None:
                 rss_first = _rss_mib()
-            settled = not any(n.reason.startswith("live race") for n in report.not_checked)
+            # Settled: the check stood (no live race: map, uevent_seqnum and
+            # locks unchanged across it) and no block is in transition
+            # (going-offline, going-online, ...), whatever the locks said.
+            settled = (not any(n.reason.startswith("live race") for n in report.not_checked)
+                       and all(b["state"] in ("online", "offline") for b in report.blocks))
             found = {(v.rule, v.pfn_start, v.pfn_end): v._asdict() for v in report.violations}
             when = round(now - t_start, 3)
             if settled:
