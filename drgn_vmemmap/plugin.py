@@ -57,7 +57,7 @@ def _register() -> None:
         description="check self-hosted vmemmap (memmap_on_memory) against the page tables",
         usage="**vmemmap** {" + ",".join(c.name + (" PFN" if c.name == "explain" else "")
                                          for c in SUBCOMMANDS if c.drgn_code) + "} "
-              "[--format table|json] [--drgn]",
+              "[--format table|json|svg|html] [--drgn]",
         long_description=parser.format_help(),
         parse=parse_shell_command,
     )
