@@ -63,6 +63,7 @@ from test_live import (  # also puts the repository on sys.path
 )
 
 import drgn_vmemmap
+from vmcores import selftest
 from vmcores.guest import BUSYBOX, INIT
 from vmcores.paths import CACHE
 
@@ -241,6 +242,9 @@ def build_top(dest: Path) -> Path:
         shutil.copy(BUSYBOX, root / "bin" / "busybox")
         (root / "init").write_text(INIT.replace("@CHANNEL@", "/dev/ttyS1"))
         (root / "init").chmod(0o755)
+        # The kernel's own memory-hotplug selftest, and bash for it (watch).
+        shutil.copy(selftest.bash_static(), root / "bin" / "bash")
+        shutil.copy(selftest.mem_on_off_test(KEY), root / "mem-on-off-test.sh")
         site = root / SITE.relative_to("/")
         pkg = Path(drgn_vmemmap.__file__).parent
         shutil.copytree(pkg, site / "drgn_vmemmap",
@@ -334,3 +338,34 @@ def test_cli_k_table(guest):
     assert rc == 0 and "Traceback" not in err, (out[-2000:], err[-2000:])
     assert "CONSISTENT: 0 error(s), 0 warning(s)" in out
     assert f"live {release(KEY)} (x86_64)" in out
+
+
+@pytest.mark.live
+def test_watch_k_under_the_selftest(guest):
+    """``watch -k`` inside the guest, against its own /proc/kcore, while the
+    guest runs the kernel's own mem-on-off-test.sh: no violation, and the
+    block transitions the selftest made seen.  (--duration: a background
+    job of a non-interactive shell ignores SIGINT.)"""
+    g, _ = guest
+    g.sh(f"({ENV}exec python3 -m drgn_vmemmap.cli -k -s /vmlinux watch --format json "
+         "--interval 0.1 --duration 75 > /tmp/watch.jsonl 2> /tmp/watch.err &)")
+    deadline = time.monotonic() + 120
+    while not g.sh("cat /tmp/watch.jsonl").strip():  # the first re-check
+        assert time.monotonic() < deadline, g.sh("cat /tmp/watch.err")
+        time.sleep(1)
+    out = ""
+    for _ in range(2):
+        out += g.sh("bash /mem-on-off-test.sh -r 30 2>&1", timeout=600)
+    assert "online->offline memory" in out and "-> Success" in out, out
+    deadline = time.monotonic() + 240
+    while '"summary"' not in g.sh("tail -n 1 /tmp/watch.jsonl"):
+        assert time.monotonic() < deadline, g.sh("tail -n 3 /tmp/watch.jsonl; cat /tmp/watch.err")
+        time.sleep(2)
+    events = [json.loads(line) for line in g.sh("cat /tmp/watch.jsonl").splitlines() if line]
+    summary = events[-1]
+    assert "Traceback" not in g.sh("cat /tmp/watch.err")
+    assert summary["violations"] == [] and summary["standing"] == [], summary
+    assert summary["transitions"] >= out.count("-> Success"), summary
+    print(f"watch -k in the guest: {summary['transitions']} transitions, re-check mean "
+          f"{summary['recheck_seconds_mean']} s, {summary['cpu_seconds']} s CPU, RSS "
+          f"{summary['rss_mib_first']} -> {summary['rss_mib_last']} MiB")
