@@ -510,7 +510,11 @@ _MEMMAP = [s for s in _DEVICES if s[0] not in ("virtio_mem", "hugepages")
 _MEMMAP.insert(_MEMMAP.index(("dax_kmem", "dax0.0", 1)) + 1, ("virtio_mem", "vm0", 320))
 _MEMMAP.insert(_MEMMAP.index(("online", "vm0", [1], "online_movable")) + 1,
                ("online", "vm0", [2], "online_movable"))
-_MEMMAP += [("virtio_mem", "vm0", 200), ("hugepages", 0, 72), ("hugepages", 1, 158)]
+# Node 0's pool shrunk again at the end: HVO is undone on the folios freed
+# (hugetlb_vmemmap_restore_folio(): new pages mapped where the shared one
+# was), whose frames the kernel must type.
+_MEMMAP += [("virtio_mem", "vm0", 200), ("hugepages", 0, 72), ("hugepages", 1, 158),
+            ("hugepages", 0, 60)]
 _MEMMAP_DOC = ("6.12 patched with PGTY_memmap on every page that holds struct pages "
                "(never upstream: the 2022 review's last proposal), kpageflags bit 44. ")
 _MEMMAP_GUEST = {"virtio_mem": [{"dev_id": "vm0", "size_mb": 384, "node": 0}]}
@@ -518,7 +522,8 @@ _add("hotplug-basic", Scenario("6.12-memmap", list(_MEMMAP), _MEMMAP_DOC + (
     "6.12-devices-mixed's memory with one block hot-removed: boot memmap (memblock), "
     "HVO'd folios in boot memory and virtio-mem, self-hosted dax0.0 and pc-dimm blocks, "
     "virtio-mem blocks whose memmap came from the page allocator, and virtio-mem's "
-    "third block plugged, onlined and removed again (shrunk from 320 to 200 MiB).  "
+    "third block plugged, onlined and removed again (shrunk from 320 to 200 MiB); "
+    "node 0's HugeTLB pool shrunk at the end (HVO undone on 12 folios).  "
     "kpageflags shows the type on exactly the frames the page tables map the "
     "vmemmap to; the manifest lists them.  Pages stored plain and the file xz'd."),
     cmdline="memmap=256M%0x20000000-1+0xefffffff", xz=True, guest=_MEMMAP_GUEST))
