@@ -468,7 +468,7 @@ def render_html(view: MapView, doc: Dict[str, Any], per_row: int = 32) -> str:
             f"{html_fragment(view, doc, per_row)}</body></html>\n")
 
 
-_SORT_JS = """
+_SORT_JS = r"""
 document.querySelectorAll('table.dumps th').forEach(function (th, col) {
   th.addEventListener('click', function () {
     var body = th.closest('table').tBodies[0];
@@ -485,6 +485,9 @@ document.querySelectorAll('table.dumps th').forEach(function (th, col) {
     rows.forEach(function (r) { body.appendChild(r); });
   });
 });
+// index.html#sort=N sorts by column N on load (a link to a sorted view).
+var m = /sort=(\d+)/.exec(location.hash);
+if (m) { document.querySelectorAll('table.dumps th')[+m[1]].click(); }
 """
 
 

@@ -174,6 +174,17 @@ def test_triage_page_in_a_browser(tmp_path, docs):
     marks = re.findall(r'<rect class="mark (error|warning)"', dom)
     assert len(marks) == sum(len(docs(n)["violations"]) for n in names)
     assert dom.count("<tr class=") >= len(results)
+    def errors_column(page):
+        body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+        return [int(r.split("</td><td>")[3]) for r in body.split("<tr")[1:]]
+
+    unsorted = errors_column(dom)
+    # Sorted by the browser: the "errors" column (index 3), ascending.
+    dom = subprocess.run([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}",
+                          "--dump-dom", f"file://{index}#sort=3"],
+                         capture_output=True, text=True, timeout=120).stdout
+    errors = errors_column(dom)
+    assert errors == sorted(unsorted) != unsorted and len(errors) == len(results), errors
     shot = tmp_path / "triage.png"
     subprocess.run([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}",
                     "--window-size=1200,1600", f"--screenshot={shot}", f"file://{index}"],
