@@ -260,10 +260,20 @@ summary = watch(prog, interval=0.1, duration=60, emit=print)
          arg("--debug-directory", action="append", default=[], metavar="DIR",
              help="where to look for vmlinux files (by build ID or release)"),
          arg("--map", action="append", default=[], metavar="DUMP=VMLINUX",
-             help="explicit vmlinux for a dump (repeatable)")),
+             help="explicit vmlinux for a dump (repeatable)"),
+         arg("--scheduler", metavar="ADDRESS",
+             help="run the dumps on a Dask cluster: a scheduler's tcp://HOST:PORT, or "
+                  "local:N for N worker processes here (needs drgn-vmemmap[dask]; -j is "
+                  "then unused)"),
+         arg("--timeout", type=float, default=None, metavar="SECONDS",
+             help="with --scheduler: give up a dump (an error record) after this long "
+                  "(default 600)"),
+         arg("--resume", metavar="RESULTS.jsonl",
+             help="skip the dumps this file has a line for; append the new lines to it")),
         description="Check every dump under the given paths in parallel. Prints one JSON "
                     "line per dump (the check document plus path and timing) on stdout and "
-                    "a summary table on stderr.",
+                    "a summary table on stderr.  --scheduler runs them on a Dask cluster, "
+                    "each under --timeout; --resume goes on from an earlier run's results.",
         targeted=False),
 )
 

@@ -33,6 +33,16 @@ Check many dumps in parallel: ``drgn-vmemmap triage PATH... [-j N]
    drgn) is detected and the dumps it may have been working on are retried
    one at a time, so that only the guilty dump is reported as an error.
 
+``--scheduler ADDRESS`` runs the dumps as tasks of a Dask cluster instead of
+the pool (``local:N``, or a scheduler's ``tcp://HOST:PORT``), each under a
+``--timeout``: see :mod:`~drgn_vmemmap.fleet`.  ``--resume RESULTS.jsonl``
+(with or without a cluster) skips the dumps that file already has a line for
+(matched on ``path``, resolved to a real absolute path: run from the same
+directory, or give absolute paths) and appends each new line to it as it
+arrives, flushed; an incomplete last line (a run killed while writing) is
+dropped first and its dump run again.  Its earlier lines for the dumps
+found count in the summary table and the exit status, not on stdout.
+
 A progress bar goes to stderr when it is a terminal, and a summary table to
 stderr at the end.  Exit status: 2 if any dump could not be analysed (or a
 directory given holds none: one warning line each; if no dump is found at
@@ -48,7 +58,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .dumpinfo import DumpInfo, dump_info, elf_build_id, find_dumps
 from .pairing import VmlinuxIndex, pair_vmlinux
@@ -237,6 +247,51 @@ def _parse_maps(maps: Sequence[str]) -> Dict[str, str]:
     return out
 
 
+def _resume(path: str) -> Tuple[Dict[str, Dict[str, Any]], IO[str]]:
+    """
+    ``({real path: document}, file open for appending)`` of a results file
+    (created if missing), after dropping an incomplete last line; each
+    document cut down to what :func:`summary_table` and the exit status read.
+    """
+    done: Dict[str, Dict[str, Any]] = {}
+    try:
+        with open(path, "rb") as fp:
+            data = fp.read()
+    except FileNotFoundError:
+        data = b""
+    except OSError as e:
+        raise TargetError(f"--resume {path}: {e.strerror}") from None
+    complete = data.rfind(b"\n") + 1
+    for n, line in enumerate(data[:complete].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("path"), str):
+            raise TargetError(f"--resume {path}: line {n} is not a triage result "
+                              "(a JSON object with a path)")
+        # What the summary table and the exit status read, no more: the
+        # file may hold many thousands of documents.
+        done[os.path.realpath(doc["path"])] = {
+            "path": doc["path"], "status": doc.get("status"),
+            "exit_status": doc.get("exit_status", 2), "error": doc.get("error"),
+            "release": (doc.get("target") or {}).get("release") or doc.get("release"),
+            "seconds": doc.get("seconds"),
+            "violations": [{"severity": v.get("severity")} for v in doc.get("violations") or []
+                           if isinstance(v, dict)]}
+    try:
+        out = open(path, "a", encoding="utf-8")
+        if complete < len(data):
+            print(f"drgn-vmemmap: warning: --resume {path}: dropped an incomplete last line",
+                  file=sys.stderr)
+            out.truncate(complete)
+    except OSError as e:
+        raise TargetError(f"--resume {path}: {e.strerror}") from None
+    return done, out
+
+
 def triage_main(args: argparse.Namespace) -> int:
     """The ``triage`` subcommand (``args`` from :func:`drgn_vmemmap.cli.build_parser`)."""
     explicit = _parse_maps(getattr(args, "map", None) or [])
@@ -252,18 +307,55 @@ def triage_main(args: argparse.Namespace) -> int:
     jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
     if jobs < 1:
         raise TargetError(f"-j {jobs}: need at least one worker")
+    scheduler = getattr(args, "scheduler", None)
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and (scheduler is None or not timeout > 0):
+        raise TargetError(f"--timeout {timeout:g}: " + (
+            "seconds > 0 expected" if scheduler else
+            "needs --scheduler (local:N for this machine's cores)"))
+    if scheduler is not None:
+        from .fleet import _import_distributed, local_workers
+
+        _import_distributed()
+        local_workers(scheduler)
+    previous: Dict[str, Dict[str, Any]] = {}
+    out: Optional[IO[str]] = None
+    if getattr(args, "resume", None):
+        previous, out = _resume(args.resume)
+        found = {os.path.realpath(d) for d in dumps}
+        previous = {k: v for k, v in previous.items() if k in found}
+        dumps = [d for d in dumps if os.path.realpath(d) not in previous]
     bar = ProgressBar("triage", "dumps", interval=0)
     done = [0, 0]  # dumps finished, of which not analysed
 
     def emit(doc: Dict[str, Any]) -> None:
         bar.clear()  # keep the bar off the lines of a shared tty
-        print(json.dumps(doc), flush=True)
+        line = json.dumps(doc)
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+        print(line, flush=True)
         done[0] += 1
         done[1] += doc.get("status") == "error"
         bar(done[0], len(dumps), f", {done[1]} not analysed" if done[1] else "")
 
-    results = triage(dumps, jobs, getattr(args, "debug_directory", None) or [], explicit,
-                     getattr(args, "vmemmap_page_type", None), emit)
+    debug_directories = getattr(args, "debug_directory", None) or []
+    vmemmap_page_type = getattr(args, "vmemmap_page_type", None)
+    try:
+        if not dumps:
+            results = []
+        elif scheduler is not None:
+            from .fleet import fleet_triage
+
+            results = fleet_triage(dumps, scheduler, timeout, debug_directories, explicit,
+                                   vmemmap_page_type, emit)
+        else:
+            results = triage(dumps, jobs, debug_directories, explicit, vmemmap_page_type,
+                             emit)
+    finally:
+        if out is not None:
+            out.close()
+    results = list(previous.values()) + results
     print(summary_table(results), file=sys.stderr)
     statuses = [d.get("exit_status", 2) for d in results]
     if empty or 2 in statuses:
