@@ -269,7 +269,10 @@ summary = watch(prog, interval=0.1, duration=60, emit=print)
              help="with --scheduler: give up a dump (an error record) after this long "
                   "(default 600)"),
          arg("--resume", metavar="RESULTS.jsonl",
-             help="skip the dumps this file has a line for; append the new lines to it")),
+             help="skip the dumps this file has a line for; append the new lines to it"),
+         arg("--html", metavar="DIR",
+             help="also write DIR/index.html: a sortable table of the dumps and their "
+                  "verdicts, and each dump's memory map (see 'map')")),
         description="Check every dump under the given paths in parallel. Prints one JSON "
                     "line per dump (the check document plus path and timing) on stdout and "
                     "a summary table on stderr.  --scheduler runs them on a Dask cluster, "

@@ -357,6 +357,11 @@ def triage_main(args: argparse.Namespace) -> int:
             out.close()
     results = list(previous.values()) + results
     print(summary_table(results), file=sys.stderr)
+    if getattr(args, "html", None):
+        from .mapview import triage_html
+
+        index = triage_html(results, args.html)
+        print(f"drgn-vmemmap: wrote {index}", file=sys.stderr)
     statuses = [d.get("exit_status", 2) for d in results]
     if empty or 2 in statuses:
         return 2

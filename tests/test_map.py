@@ -194,3 +194,17 @@ def test_triage_page_in_a_browser(tmp_path, docs):
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (1200, 1600) and len(data) > 20000
     json.dumps(results)  # the page came from plain JSON documents
+
+
+def test_triage_html_option(tmp_path):
+    """``triage --html DIR`` writes the page for the dumps it checked."""
+    fixtures = REPO / "vmcores" / "fixtures"
+    dumps = [str(fixtures / "6.12-faults.vmcore"), str(fixtures / "6.12-hotplug-basic.vmcore.xz")]
+    p = _cli("triage", "-j", "2", "--debug-directory", str(REPO / "vmcores" / "kernels"),
+             "--html", str(tmp_path / "html"), *dumps, timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    page = (tmp_path / "html" / "index.html").read_text()
+    docs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert page.count('<g class="block"') == sum(len(d["blocks"]) for d in docs)
+    assert page.count('<rect class="mark') == sum(len(d["violations"]) for d in docs)
+    assert "wrote" in p.stderr
