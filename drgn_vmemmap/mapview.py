@@ -215,10 +215,9 @@ def _terminal_caps(out: TextIO) -> Tuple[bool, bool]:
 
 def _size(pages: int, page_size: int) -> str:
     b = pages * page_size
-    for unit in ("GiB", "MiB", "KiB"):
-        scale = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10}[unit]
-        if b >= scale and b % scale == 0:
-            return f"{b // scale} {unit}"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if b >= 1 << shift and b % (1 << shift) == 0:
+            return f"{b >> shift} {unit}"
     return f"{b} B"
 
 
@@ -296,8 +295,9 @@ def _tooltip(view: MapView, c: Cell) -> str:
     parts = []
     for b in c.blocks:
         start, n = b["start_pfn"], b["nr_pages"]
-        home = HOMES[_home(b, {x["block"]: bool(x.get("hotplugged")) for x in c.blocks})][2] \
-            if len(c.blocks) == 1 else ""
+        # The cell's home, decided in build() against every block (whether a
+        # host block is hot-plugged); a shared cell's is the cell's, not each block's.
+        home = HOMES[c.home][2] if len(c.blocks) == 1 else ""
         lines = [f"block {b['block']}: pfns {start:#x}-{start + n - 1:#x}, node {b.get('node')}, "
                  f"{b.get('zone') or '-'}, {b.get('state')}"
                  + (", hot-plugged" if b.get("hotplugged") else ", boot"),

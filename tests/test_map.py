@@ -78,6 +78,11 @@ def test_svg_matches_the_dump(name, docs):
     marks = [r for r in root.iter(SVG + "rect") if (r.get("class") or "").startswith("mark")]
     assert len(marks) == len(doc["violations"]) > 0
     links = [p for p in root.iter(SVG + "path") if p.get("class") == "link"]
+    # A block whose memmap sits on another hot-plugged block's frames says so
+    # when hovered (the host judged against every block, not the cell's).
+    for g in groups:
+        if g.get("data-home") == "other":
+            assert "(another hot-plugged block" in g.find(SVG + "title").text
     if name == "6.12-pagetables":
         # Block 36's memmap points at block 35's self-hosted frames and
         # block 37's at ordinary frames of block 32: both drawn as links.
