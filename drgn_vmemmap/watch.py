@@ -29,8 +29,8 @@ memory at the first and the last re-check.
 
 Each re-check reads the memory map and page tables afresh (a live kernel
 is never cached, :func:`~drgn_vmemmap.backing.vmemmap_backing`), and nothing
-is kept from one to the next but the findings and the last snapshot of the
-blocks, so memory stays flat however long it runs (the summary shows it).
+is kept from one to the next but the findings and the blocks' last states,
+so memory stays flat however long it runs (the summary shows it).
 """
 
 import json
@@ -42,9 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from drgn import Program
 
 from .check import check
-from .live import hotplug_epoch, snapshot
-from .model import memory_map
-from .records import state_name
+from .live import hotplug_epoch
 from .target import TargetError, target_kind
 
 __all__ = ("watch",)
@@ -63,20 +61,12 @@ def _rss_mib() -> float:
     return 0.0
 
 
-def _transitions(old: Optional[Dict[int, Tuple[Any, ...]]],
-                 new: Dict[int, Tuple[Any, ...]]) -> List[Dict[str, Any]]:
-    """Block changes between two snapshots (state names; added, removed)."""
+def _transitions(old: Optional[Dict[int, str]], new: Dict[int, str]) -> List[Dict[str, Any]]:
+    """Block changes between two ``{block: state}`` reads (absent: added or removed)."""
     if old is None:
         return []
-    out: List[Dict[str, Any]] = []
-    for bid in sorted(set(old) | set(new)):
-        a, b = old.get(bid), new.get(bid)
-        if a == b:
-            continue
-        before = "absent" if a is None or not a or a[1] is None else state_name(str(a[1]))
-        after = "absent" if b is None or not b or b[1] is None else state_name(str(b[1]))
-        out.append({"block": bid, "from": before, "to": after})
-    return out
+    return [{"block": bid, "from": old.get(bid, "absent"), "to": new.get(bid, "absent")}
+            for bid in sorted(set(old) | set(new)) if old.get(bid) != new.get(bid)]
 
 
 def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None,
@@ -93,7 +83,7 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
     t_start = time.monotonic()
     cpu0 = time.process_time()
     last_seq: Optional[int] = None
-    last_snap: Optional[Dict[int, Tuple[Any, ...]]] = None
+    last_snap: Optional[Dict[int, str]] = None
     settled_last = True
     confirmed: Dict[Key, Dict[str, Any]] = {}
     transient: Dict[Key, Tuple[float, Dict[str, Any]]] = {}
@@ -109,9 +99,11 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
                 time.sleep(interval)
                 continue
             t0 = time.monotonic()
-            snap = snapshot(memory_map(prog))
-            moved = _transitions(last_snap, snap)
+            # The blocks as the check read them (it reads the map again after
+            # the rules and retries while it moves): no read of our own.
             report = check(prog, rules=rules)
+            snap = {b["block"]: str(b["state"]) for b in report.blocks}
+            moved = _transitions(last_snap, snap)
             now = time.monotonic()
             latencies.append(now - t0)
             if rss_first is None:
