@@ -108,7 +108,8 @@ def _features(prog: "Program", args: argparse.Namespace) -> Output:
 def _map(prog: "Program", args: argparse.Namespace) -> Output:
     from . import commands
     from .check import check
-    from .mapview import build, render_html, render_svg, render_text
+    from .maphtml import render_html, render_svg
+    from .mapview import build, render_text
 
     progress = None
     if not args.no_progress and sys.stderr.isatty():
@@ -227,7 +228,8 @@ print(features(prog))
                     "block that holds the memmap.  Exit status as for check.",
         drgn_code="""\
 from drgn_vmemmap import check
-from drgn_vmemmap.mapview import build, render_text, render_svg
+from drgn_vmemmap.maphtml import render_svg
+from drgn_vmemmap.mapview import build, render_text
 
 view = build(check(prog).to_json())
 print(render_text(view))

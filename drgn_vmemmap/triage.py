@@ -358,7 +358,7 @@ def triage_main(args: argparse.Namespace) -> int:
     results = list(previous.values()) + results
     print(summary_table(results), file=sys.stderr)
     if getattr(args, "html", None):
-        from .mapview import triage_html
+        from .maphtml import triage_html
 
         index = triage_html(results, args.html)
         print(f"drgn-vmemmap: wrote {index}", file=sys.stderr)

@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from drgn_vmemmap import check
-from drgn_vmemmap.mapview import build, render_svg, render_text, triage_html
+from drgn_vmemmap.maphtml import render_svg, triage_html
+from drgn_vmemmap.mapview import build, render_text
 
 from conftest import REPO, fixture_program, manifests, pagetable_faults, vmlinux_for
 
