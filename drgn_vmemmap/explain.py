@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional
 from drgn import Program
 
 from .backing import frames_to_described, vmemmap_backing
-from .context import self_hosted_ranges
 from .model import memory_map
+from .ranges import self_hosted_ranges
 from .records import state_name
 
 __all__ = ("explain", "flag_names")

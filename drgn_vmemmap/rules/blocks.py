@@ -8,8 +8,9 @@ from typing import Iterator, List, Optional, Set, Tuple
 from drgn import FaultError, Program
 from drgn.helpers.linux.mmzone import nr_to_section
 
-from ..context import Context, extent_delta
+from ..context import Context
 from ..model import Block
+from ..ranges import extent_delta
 from ..records import Holds, NotChecked, Note, Result, state_name
 from .common import _v
 
