@@ -133,17 +133,17 @@ def memmap_type(ctx: Context) -> Iterator[Result]:
         want = frames.mask(start, end)
         missing = ok & want & ~typed
         if missing.any():
-            other = ctx.has_type(cols)
+            rest = missing.copy()  # not yet said what they have
             for name in names:
                 if name == "memmap":
                     continue
-                has = missing & ctx.type_is(cols, name)
+                has = rest & ctx.type_is(cols, name)
                 out += [(s, e, True, f"page type {name}") for s, e in runs(has, start)]
-                other &= ~ctx.type_is(cols, name)
+                rest &= ~has
+            untyped = rest & ~ctx.has_type(cols)
+            out += [(s, e, True, "no page type") for s, e in runs(untyped, start)]
             out += [(s, e, True, "an unknown page type")
-                    for s, e in runs(missing & other, start)]
-            out += [(s, e, True, "no page type")
-                    for s, e in runs(missing & ~ctx.has_type(cols), start)]
+                    for s, e in runs(rest & ~untyped, start)]
         stray = ok & typed & ~want
         if stray.any():
             codes = _what_codes(ctx, cols, page_offset)
