@@ -129,7 +129,10 @@ def test_watch_under_the_selftest(guest):
     seen = summary["transitions"]
     after = truth.memory_blocks(g)
     assert after.keys() == before.keys()
-    assert 0 < seen <= onlined + offlined, (seen, onlined, offlined)
+    # At most two transitions per attempt: a failed offline may be seen
+    # passing through going-offline and back.
+    attempts = onlined + out.count("online->offline memory")
+    assert 0 < seen <= 2 * attempts, (seen, onlined, offlined, attempts)
     last: Dict[int, str] = {}
     for e in w.changes():
         for t in e["transitions"]:
