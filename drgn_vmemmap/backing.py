@@ -46,7 +46,7 @@ from drgn.helpers.common.prog import takes_program_or_default
 from .columns import coalesce
 from .features import Features
 from .model import MemoryMap, memory_map
-from .pagetable import Mapping, translate, walker_for
+from .pagetable import Mapping, PageTableWalker, translate, walker_for
 from .records import EXTENT_KINDS, BlockState, ExtentKind, MappingStatus, state_name
 
 __all__ = (
@@ -276,7 +276,8 @@ def _classify(mm: MemoryMap, out: Backing, mappings: List[Mapping],
 
 
 @takes_program_or_default
-def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = False) -> Backing:
+def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = False,
+                    walker: Optional[PageTableWalker] = None) -> Backing:
     """
     Find the frames backing the memmap of every present section with a
     mem_map (``SECTION_HAS_MEM_MAP``): the struct pages of pfn ``p`` are at
@@ -288,10 +289,13 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
     :param mm: The :func:`~drgn_vmemmap.model.memory_map` to use (walked
         again if not given).
     :param slow: Translate with ``follow_phys()`` page by page (cross-check).
+    :param walker: Walk with this walker and its cached tables
+        (:class:`~drgn_vmemmap.refresh.LiveModel` keeps one up to date)
+        rather than a new one; never cached.
     """
     key = "drgn_vmemmap.backing"
     live = bool(prog.flags & ProgramFlags.IS_LIVE)
-    if not live and not slow:
+    if not live and not slow and walker is None:
         try:
             return cast(Backing, prog.cache[key])
         except KeyError:
@@ -309,7 +313,10 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
     result.tables_read = 0
 
     # A bulk walk wherever the page tables have a format (else follow_phys).
-    walker = None if slow else walker_for(prog)
+    own = walker is None
+    if own:
+        walker = None if slow else walker_for(prog)
+    tables0 = walker.tables_read if walker is not None else 0
     mapped = [nr for nr, s in mm.sections.items() if s.has("HAS_MEM_MAP")]
     mappings: List[Mapping] = []
     per = f.pages_per_section
@@ -323,9 +330,9 @@ def vmemmap_backing(prog: Program, mm: Optional[MemoryMap] = None, slow: bool = 
             mappings.extend(translate(prog, start, length, slow=True))
     _classify(mm, result, mappings, mm.hotplugged())
     if walker is not None:
-        result.tables_read = walker.tables_read
+        result.tables_read = walker.tables_read - tables0
     result.seconds = time.perf_counter() - t0
-    if not live and not slow:
+    if not live and not slow and own:
         prog.cache[key] = result
     return result
 

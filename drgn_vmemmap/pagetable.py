@@ -18,7 +18,7 @@ side is contiguous, or where every page maps the *same* frame (the HugeTLB
 vmemmap optimisation remaps a folio's tail vmemmap pages onto one page).
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 import numpy as np
 from drgn import FaultError, Program
@@ -124,7 +124,10 @@ class PageTableWalker:
     ValueError if it has none: see :func:`walker_for`).
 
     Page-table pages are cached for the walker's lifetime: make a new walker
-    for each consistent view (a live kernel changes under it).
+    for each consistent view (a live kernel changes under it), or keep one
+    and call :meth:`reread` to bring its pages up to date, and
+    :meth:`start_walk` / :meth:`end_walk` around a walk to keep only the
+    pages that walk used (:class:`~drgn_vmemmap.refresh.LiveModel`).
     """
 
     def __init__(self, prog: Program, fmt: Optional[PageTableFormat] = None) -> None:
@@ -140,12 +143,45 @@ class PageTableWalker:
         # physical.
         self.pgd = prog["init_mm"].pgd.value_()
         self._tables: Dict[int, Union[np.ndarray, FaultError]] = {}
+        #: The level each cached table was read at (its size).
+        self._levels: Dict[int, int] = {}
         self.tables_read = 0
+        #: Keys of the tables used since :meth:`start_walk`, or None.
+        self._used: Optional[Set[int]] = None
+
+    def start_walk(self) -> None:
+        self._used = set()
+
+    def end_walk(self) -> None:
+        """Forget the cached tables the walk since :meth:`start_walk` did not use."""
+        if self._used is not None:
+            self._tables = {k: v for k, v in self._tables.items() if k in self._used}
+            self._levels = {k: v for k, v in self._levels.items() if k in self._used}
+        self._used = None
+
+    def reread(self) -> int:
+        """
+        Read every cached table again; return how many changed (their
+        entries, or whether they could be read).  A walk over unchanged
+        tables gives the same mappings, so 0 means the last walk still holds.
+        """
+        changed = 0
+        for key, old in list(self._tables.items()):
+            del self._tables[key]
+            new = self._table(abs(key), key >= 0, self._levels.get(key, 0))
+            if isinstance(old, FaultError) or isinstance(new, FaultError):
+                changed += not (isinstance(old, FaultError) and isinstance(new, FaultError))
+            elif not np.array_equal(old, new):
+                changed += 1
+        return changed
 
     def _table(self, address: int, physical: bool, level: int
                ) -> Union[np.ndarray, FaultError]:
         key = address if physical else -address
         n = self.fmt.entries[level]
+        self._levels[key] = level
+        if self._used is not None:
+            self._used.add(key)
         table = self._tables.get(key)
         # A table of another size at the same address (damaged tables) is
         # read again.

@@ -419,3 +419,43 @@ def test_synthetic_leaves(l5):
         Mapping(base + g + 0x201000, 0x6000, 0x2000, "mapped", 0x1000),
         Mapping(base + g + 0x203000, None, 0x2000, "unmapped"),
     ]
+
+
+def test_walker_kept_across_walks(prog):
+    """A walker kept from one walk to the next (``watch``'s LiveModel): the
+    same backing as a new walker's, nothing changed on re-reading a core
+    dump's tables, and after :meth:`end_walk` only the tables the last walk
+    used are kept.  A table altered in the cache is seen changed."""
+    from drgn_vmemmap.pagetable import walker_for
+
+    mm = memory_map(prog)
+    walker = walker_for(prog)
+    if walker is None:
+        pytest.skip("no bulk page-table format")
+    walker.start_walk()
+    first = vmemmap_backing(prog, mm, walker=walker)
+    walker.end_walk()
+    assert list(first) == list(vmemmap_backing(prog, mm, slow=False))
+    used = set(walker._tables)
+    assert first.tables_read == len(used) > 0
+    assert walker.reread() == 0
+    # A second walk reads nothing new and keeps the same tables.
+    walker.start_walk()
+    again = vmemmap_backing(prog, mm, walker=walker)
+    walker.end_walk()
+    assert list(again) == list(first) and again.tables_read == 0
+    assert set(walker._tables) == used
+    # Tables of another address range (the direct map's first pages),
+    # which the next walk does not use, go.
+    from drgn.helpers.linux.mm import pfn_to_virt
+    walker.translate(pfn_to_virt(prog, 0).value_(), 1 << 21)
+    assert set(walker._tables) - used
+    walker.start_walk()
+    vmemmap_backing(prog, mm, walker=walker)
+    walker.end_walk()
+    assert set(walker._tables) == used
+    # One cached table altered: reread() finds it (and restores the truth).
+    key = next(k for k in used if k > 0)
+    walker._tables[key] = walker._tables[key].copy()
+    walker._tables[key][0] ^= np.uint64(1)
+    assert walker.reread() == 1 and walker.reread() == 0
