@@ -20,6 +20,7 @@ from .errors import UsageError
 from .live import Epoch, Results, changed_blocks, hotplug_epoch, race, snapshot
 from .model import NOT_IN_DUMP, memory_map
 from .records import NotChecked, Note, Violation
+from .refresh import LiveModel
 from .report import Report, blocks_json, features_json, target_json
 from .rules import RULES
 from .target import TargetError, target_kind
@@ -52,7 +53,8 @@ def _run_rules(ctx: Context, rules: Optional[Iterable[str]]) -> Results:
 @takes_program_or_default
 def check(prog: Program, rules: Optional[Iterable[str]] = None,
           vmemmap_page_type: Optional[int] = None,
-          progress: Optional[Progress] = None, jobs: Optional[int] = None) -> Report:
+          progress: Optional[Progress] = None, jobs: Optional[int] = None,
+          model: Optional[LiveModel] = None) -> Report:
     """
     Check every rule (or those named) and return the report.
 
@@ -69,6 +71,10 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     :param jobs: processes for the whole-memory scan (marker-stray); None
         decides by :func:`~drgn_vmemmap.scan.parallel_jobs` (several only for
         a core dump of at least 4 GiB); ``stats["jobs"]`` says what was used.
+    :param model: a live kernel's :class:`~drgn_vmemmap.refresh.LiveModel`,
+        as the caller last refreshed it: the memory map and the vmemmap
+        backing come from it, and a retry or the re-read after the rules
+        refreshes it instead of reading the map again (``watch``).
     """
     if rules is not None:
         rules = list(rules)
@@ -82,7 +88,12 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     snapshots: List[Dict[int, Tuple[object, ...]]] = []
     for attempt in range(1 + (LIVE_RETRIES if live else 0)):  # noqa: B007 (read after)
         e0 = hotplug_epoch(prog) if live else Epoch(None, False)
-        ctx = Context(prog, vmemmap_page_type, progress, jobs)
+        if model is not None:
+            if attempt:
+                model.refresh()
+            model.take()  # what a refresh finds from now on is for the next check
+        ctx = Context(prog, vmemmap_page_type, progress, jobs,
+                      model=model if live else None)
         if not ctx.mm.sections:
             why = next((e for e in ctx.mm.errors if e.startswith("mem_section")),
                        "no present section")
@@ -90,7 +101,11 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
         results = _run_rules(ctx, rules)
         if not live:
             break
-        again = memory_map(prog, vmemmap_page_type)
+        if model is not None:
+            model.refresh()
+            again = model.mm
+        else:
+            again = memory_map(prog, vmemmap_page_type)
         e1 = hotplug_epoch(prog)
         snapshots += [snapshot(ctx.mm), snapshot(again)]
         raced = snapshots[-2] != snapshots[-1] or e0 != e1 or e0.busy or e1.busy

@@ -9,7 +9,7 @@ It sits between the model (features, model, scan, backing) and the rules.
 """
 
 import bisect
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
 
 import numpy as np
 from drgn import FaultError, Program
@@ -23,6 +23,9 @@ from .ranges import boot_mapping_deltas, self_hosted_ranges, vmemmap_area_pages
 from .records import Range, state_name
 from .target import target_kind
 
+if TYPE_CHECKING:
+    from .refresh import LiveModel
+
 __all__ = ("Context", "Progress", "self_hosted_ranges", "vmemmap_area_pages")
 
 Progress = Callable[[int, int], None]
@@ -34,12 +37,16 @@ class Context:
     """Shared, lazily computed state for the rules of one check."""
 
     def __init__(self, prog: Program, vmemmap_page_type: Optional[int] = None,
-                 progress: Optional[Progress] = None, jobs: Optional[int] = None):
+                 progress: Optional[Progress] = None, jobs: Optional[int] = None,
+                 model: Optional["LiveModel"] = None):
+        """:param model: take the memory map and backing from this live
+        model (as its last refresh left them) rather than read them."""
         self.prog = prog
         #: Processes for whole-memory scans; None: :func:`scan.parallel_jobs`.
         self.jobs = jobs
         self.jobs_used = 1
-        self.mm: MemoryMap = memory_map(prog, vmemmap_page_type)
+        self.mm: MemoryMap = model.mm if model is not None else \
+            memory_map(prog, vmemmap_page_type)
         self.features = self.mm.features
         #: Online blocks whose memmap in the dump is not struct pages
         #: (:mod:`~drgn_vmemmap.damage`); no rule reads their memmap.  Live
@@ -50,7 +57,7 @@ class Context:
         self.progress = progress
         self.pages_scanned = 0
         self.unreadable: List[List[int]] = []
-        self._extents: Optional[_backing.Backing] = None
+        self._extents: Optional[_backing.Backing] = model.backing if model is not None else None
         self._extent_starts: Optional[List[int]] = None
         self._range_list: Optional[List[Range]] = None
         self._range_starts: List[int] = []
