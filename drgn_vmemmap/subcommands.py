@@ -138,7 +138,9 @@ def _watch(prog: "Program", args: argparse.Namespace) -> Output:
     from .watch import watch_main
 
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
-    return Output(None, "", watch_main(prog, fmt, args.interval, args.duration))
+    verify = None if args.verify_every < 0 else args.verify_every
+    return Output(None, "", watch_main(prog, fmt, args.interval, args.duration,
+                                       verify_every=verify))
 
 
 def _triage(args: argparse.Namespace) -> int:
@@ -238,12 +240,21 @@ open("map.svg", "w").write(render_svg(view))
     Subcommand(
         "watch", "re-check a live kernel whenever its memory map changes", _watch,
         (arg("--interval", type=float, default=0.1, metavar="SECONDS",
-             help="how often to look at uevent_seqnum and the hotplug locks (default 0.1)"),
+             help="how often to look for a change (default 0.1)"),
          arg("--duration", type=float, default=None, metavar="SECONDS",
-             help="stop after this long (default: until Ctrl-C)")),
-        description="Live kernels only (-k, --qemu).  Whenever uevent_seqnum moves (a memory "
-                    "block added, removed, onlined or offlined), read the memory map, print "
-                    "which blocks changed, and re-check.  A finding of a settled re-check (no "
+             help="stop after this long (default: until Ctrl-C)"),
+         arg("--verify-every", type=float, default=600.0, metavar="SECONDS",
+             help="rebuild the model from scratch this often and compare it with the "
+                  "refreshed one, re-checking too (default 600; 0: at every re-check; "
+                  "-1: never)")),
+        description="Live kernels only (-k, --qemu).  Keeps a model of the kernel's memory "
+                    "map and vmemmap page tables and refreshes it every --interval, reading "
+                    "again only what changed: uevent_seqnum and the hotplug locks (a memory "
+                    "block added, removed, onlined or offlined), the mem_section roots, the "
+                    "page-table pages under the vmemmap (HugeTLB vmemmap optimisation "
+                    "remaps them without a uevent) and the markers on the memmap frames of "
+                    "hot-plugged memory.  On any change it prints which blocks changed, "
+                    "and why, and re-checks.  A finding of a settled re-check (no "
                     "block in transition, hotplug locks free, uevent_seqnum unchanged across "
                     "it) is a violation; one seen only mid-transition is reported as "
                     "transient, with how long it lasted.  One line per change (JSON lines "

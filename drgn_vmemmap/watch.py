@@ -5,15 +5,23 @@ Watch
 ``drgn-vmemmap watch`` (``-k`` or ``--qemu``): re-check a live kernel every
 time its memory map changes, for as long as it runs.
 
-Every ``--interval`` seconds it reads ``uevent_seqnum`` and the hotplug locks
-(:func:`~drgn_vmemmap.live.hotplug_epoch`).  When the sequence number moved
-(a block was added, removed, onlined or offlined), or the last re-check did
-not settle, it reads the memory map, says which blocks changed and how, and
-runs :func:`~drgn_vmemmap.check.check`, which itself re-reads the map after
-the rules and retries while it moves.  A re-check *settled* when no block
-changed under it, no hotplug operation was under way at either end (no
-"live race" in its report) and no block is in a transitional state
-(``going-offline``, ...).
+Every ``--interval`` seconds it refreshes a
+:class:`~drgn_vmemmap.refresh.LiveModel` of the kernel: ``uevent_seqnum``
+and the hotplug locks, the ``mem_section`` roots, the page-table pages
+under the vmemmap and the markers on the memmap frames of hot-plugged
+memory, each read in bulk and compared with the last look; the memory map
+and the vmemmap backing are derived again only when what they come from
+changed.  When anything changed (a block added, removed, onlined or
+offlined; HugeTLB vmemmap optimisation remapping a folio's vmemmap, which
+no uevent announces; a marker set or cleared), or the last re-check did not
+settle, it runs :func:`~drgn_vmemmap.check.check` on the model, which
+refreshes it again after the rules and retries while the map moves.  A
+re-check *settled* when no block changed under it, no hotplug operation was
+under way at either end (no "live race" in its report) and no block is in a
+transitional state (``going-offline``, ...).  Every ``--verify-every``
+seconds the model is also built from scratch and compared with the
+refreshed one; a difference is printed as *drift* (a bug of the refresh)
+and the fresh model is used.
 
 * A finding that a settled re-check reports is a **violation**: it holds in
   a state the kernel considers finished.  It is printed once when first
@@ -27,10 +35,16 @@ re-check time), JSON lines with ``--format json``; a summary at the end
 their latency, violations, transients, the CPU time used and the resident
 memory at the first and the last re-check.
 
-Each re-check reads the memory map and page tables afresh (a live kernel
-is never cached, :func:`~drgn_vmemmap.backing.vmemmap_backing`), and nothing
-is kept from one to the next but the findings and the blocks' last states,
-so memory stays flat however long it runs (the summary shows it).
+What stays from one look to the next is the model (its size is the
+machine's, not the run's), the page-table pages its last walk used, the
+findings and the blocks' last states; so memory stays flat however long it
+runs (the summary shows it, with how often each part of the model had to be
+derived again).
+
+Rules that scan all of memory (a stray marker on an ordinary page) run at
+every re-check; between re-checks only the markers above are watched, so a
+stray marker on an ordinary page is found at the next re-check, or the
+next ``--verify-every``, which re-checks too.
 """
 
 import json
@@ -42,7 +56,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from drgn import Program
 
 from .check import check
-from .live import hotplug_epoch
+from .refresh import LiveModel
 from .target import TargetError, target_kind
 
 __all__ = ("watch",)
@@ -71,18 +85,28 @@ def _transitions(old: Optional[Dict[int, str]], new: Dict[int, str]) -> List[Dic
 
 def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None,
           emit: Optional[Callable[[Dict[str, Any]], None]] = None,
-          rules: Optional[List[str]] = None) -> Dict[str, Any]:
+          rules: Optional[List[str]] = None,
+          verify_every: Optional[float] = 600.0) -> Dict[str, Any]:
     """
     Watch a live kernel until ``duration`` seconds passed (None: until
     KeyboardInterrupt); ``emit(event)`` gets each ``{"event": "change" |
-    "violation" | "resolved" | "transient", ...}``.  Returns the summary.
+    "violation" | "resolved" | "transient" | "drift", ...}``.  Returns the
+    summary.
+
+    :param verify_every: seconds between rebuilds of the model from scratch,
+        compared with the refreshed one (0: before every re-check; None:
+        never).
     """
     if target_kind(prog) == "vmcore":
         raise TargetError("watch needs a live kernel (-k or --qemu), not a core dump")
     emit = emit or (lambda e: None)
     t_start = time.monotonic()
     cpu0 = time.process_time()
-    last_seq: Optional[int] = None
+    model = LiveModel(prog)
+    probes: List[float] = []
+    drifts: List[Dict[str, Any]] = []
+    verified = 0
+    last_verify = time.monotonic()
     last_snap: Optional[Dict[int, str]] = None
     settled_last = True
     confirmed: Dict[Key, Dict[str, Any]] = {}
@@ -94,14 +118,29 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
     rss_first: Optional[float] = None
     try:
         while duration is None or time.monotonic() - t_start < duration:
-            epoch = hotplug_epoch(prog)
-            if last_snap is not None and epoch.seqnum == last_seq and settled_last:
+            t0 = time.monotonic()
+            model.refresh()
+            probes.append(time.monotonic() - t0)
+            timed = bool(verify_every) and last_snap is not None and \
+                t0 - last_verify >= (verify_every or 0)
+            if last_snap is not None and not model.pending and settled_last and not timed:
                 time.sleep(interval)
                 continue
-            t0 = time.monotonic()
+            why = model.pending.reasons() or (["start"] if last_snap is None else
+                                              ["verify"] if timed else ["unsettled"])
+            if verify_every is not None and last_snap is not None and (timed or
+                                                                       not verify_every):
+                diffs = model.verify()
+                verified += 1
+                last_verify = time.monotonic()
+                if diffs:
+                    ev = {"event": "drift", "time": round(last_verify - t_start, 3),
+                          "parts": diffs}
+                    drifts.append(ev)
+                    emit(ev)
             # The blocks as the check read them (it reads the map again after
             # the rules and retries while it moves): no read of our own.
-            report = check(prog, rules=rules)
+            report = check(prog, rules=rules, model=model)
             snap = {b["block"]: str(b["state"]) for b in report.blocks}
             moved = _transitions(last_snap, snap)
             now = time.monotonic()
@@ -142,11 +181,11 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
                 transitions += len(moved)
             verdict = ("violations" if settled and found else "consistent" if settled
                        else "unsettled")
-            emit({"event": "change", "time": when, "seqnum": epoch.seqnum,
+            emit({"event": "change", "time": when, "seqnum": model.epoch.seqnum,
+                  "why": why,
                   "transitions": moved, "verdict": verdict,
                   "errors": sum(1 for v in report.violations if v.severity == "error"),
                   "recheck_seconds": round(now - t0, 3)})
-            last_seq = hotplug_epoch(prog).seqnum if settled else epoch.seqnum
             last_snap = snap
             settled_last = settled
     except KeyboardInterrupt:
@@ -165,6 +204,12 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
         "transients": transients,
         "cpu_seconds": round(self_cpu + children.ru_utime + children.ru_stime, 2),
         "rss_mib_first": rss_first, "rss_mib_last": _rss_mib(),
+        # The model: how often it was refreshed (one look per tick), and how
+        # often each part had to be derived again.
+        "probes": len(probes),
+        "probe_seconds_mean": round(sum(probes) / len(probes), 4) if probes else None,
+        "memory_map_reads": model.memory_map_reads, "backing_walks": model.backing_walks,
+        "verifies": verified, "drifts": drifts,
     }
     emit(summary)
     return summary
@@ -176,7 +221,10 @@ def _line(e: Dict[str, Any]) -> str:
     if kind == "change":
         moved = ", ".join(f"block {m['block']} {m['from']}->{m['to']}" for m in e["transitions"])
         return (f"{t}  seq {e['seqnum']}  {moved or '(no block changed)'}  "
-                f"{e['verdict']}  ({e['recheck_seconds']:.2f} s)")
+                f"{e['verdict']}  ({e['recheck_seconds']:.2f} s; {', '.join(e['why'])})")
+    if kind == "drift":
+        return (f"{t}  DRIFT: the refreshed model differed from a fresh one in "
+                f"{', '.join(e['parts'])} (using the fresh one)")
     if kind in ("violation", "resolved", "transient"):
         extra = f" (lasted {e['lasted']:.2f} s)" if kind == "transient" else ""
         return (f"{t}  {kind.upper()}{extra}: {e['severity']} {e['rule']} pfns "
@@ -187,11 +235,14 @@ def _line(e: Dict[str, Any]) -> str:
             f"(mean {e['recheck_seconds_mean']} s, max {e['recheck_seconds_max']} s), "
             f"{len(e['violations'])} violation(s), {len(e['standing'])} standing, "
             f"{len(e['transients'])} transient(s); {e['cpu_seconds']} s CPU; RSS "
-            f"{e['rss_mib_first']} -> {e['rss_mib_last']} MiB")
+            f"{e['rss_mib_first']} -> {e['rss_mib_last']} MiB; {e['probes']} looks "
+            f"(mean {e['probe_seconds_mean']} s), memory map read {e['memory_map_reads']}x, "
+            f"vmemmap walked {e['backing_walks']}x, {e['verifies']} verif"
+            f"{'y' if e['verifies'] == 1 else 'ies'}, {len(e['drifts'])} drift(s)")
 
 
 def watch_main(prog: Program, fmt: str, interval: float, duration: Optional[float],
-               out: Optional[TextIO] = None) -> int:
+               out: Optional[TextIO] = None, verify_every: Optional[float] = 600.0) -> int:
     """The CLI: lines or JSON lines on ``out``; exit 1 if a violation stood."""
     stream = out or sys.stdout
 
@@ -199,5 +250,5 @@ def watch_main(prog: Program, fmt: str, interval: float, duration: Optional[floa
         stream.write((json.dumps(e) if fmt == "json" else _line(e)) + "\n")
         stream.flush()
 
-    summary = watch(prog, interval, duration, emit)
+    summary = watch(prog, interval, duration, emit, verify_every=verify_every)
     return 1 if any(v["severity"] == "error" for v in summary["violations"]) else 0

@@ -10,12 +10,18 @@ and onlines them again, twice.  The guest's own account (the script's
 output, sysfs) is the truth of what changed.
 
 * Clean kernels: no violation, and as many block transitions seen as the
-  blocks the script changed.
+  blocks the script changed.  The watcher verifies its refreshed model
+  against one built from scratch at every re-check (``--verify-every 0``):
+  no drift.
+* HVO undone on boot-memory HugeTLB folios (the pool shrunk), which sends
+  no uevent (the guest's ``/sys/kernel/uevent_seqnum``): the watcher sees
+  the vmemmap page tables change and re-checks, consistent.  A model whose
+  page-table refresh is broken on purpose is caught by the verification.
 * faultmod (built for the committed kernel's own source) clearing
   ``PG_vmemmap_self_hosted`` on an online self-hosted block's vmemmap pages
-  after the selftest: the violation, at
-  exactly those pfns, in the first settled re-check after the next change
-  (a block onlined), and still standing at the end.
+  after the selftest: the violation, at exactly those pfns, in the first
+  settled re-check after it (the markers the watcher looks at changed), and
+  still standing at the end.
 """
 
 import json
@@ -32,6 +38,8 @@ from test_live import boot, kernel_or_skip, plug, set_state, tool, truth
 from vmcores import selftest
 
 KERNELS = ["6.12", "7.2"]
+HUGE = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+HUGEPAGES = 8
 
 
 class Watcher:
@@ -41,7 +49,7 @@ class Watcher:
         self.proc = subprocess.Popen(
             tool("drgn-vmemmap", "drgn_vmemmap.cli") + [
                 "--qemu", str(socket), "-s", vmlinux, "watch", "--format", "json",
-                "--interval", "0.05"],
+                "--interval", "0.05", "--verify-every", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: List[Dict[str, Any]] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -90,6 +98,9 @@ def guest(request, tmp_path_factory):
         "mem-on-off-test.sh": selftest.mem_on_off_test(key)})
     with boot(key, work, initramfs=initramfs, extra_qmp=1, slots=6) as g:
         bs = truth.block_size(g)
+        # HugeTLB pages from boot memory, before any movable memory exists:
+        # HVO remaps their vmemmap (test_watch_sees_hvo_without_a_uevent).
+        g.sh(f"echo {HUGEPAGES} > {HUGE}")
         dimms = [plug(g, "dimm0", 256, 1, bs), plug(g, "dimm1", 256, 0, bs),
                  plug(g, "dimm2", 128, 1, bs)]
         for blocks in dimms[:2]:
@@ -140,11 +151,71 @@ def test_watch_under_the_selftest(guest):
     moved = {b: a["state"] for b, a in after.items() if before[b]["state"] != a["state"]}
     assert moved and {b: last.get(b) for b in moved} == moved, (moved, last)
     assert summary["rss_mib_last"] - summary["rss_mib_first"] < 40, summary
+    # The refreshed model matched one built from scratch at every re-check,
+    # and the memory map was read again only for the changes that moved it.
+    assert summary["drifts"] == [] and summary["verifies"] >= len(w.changes()) - 1, summary
+    assert summary["memory_map_reads"] <= summary["probes"], summary
     print(f"{key}: {seen} transitions in {seconds:.0f} s of selftest "
           f"({summary['transitions_per_minute']}/min), re-check mean "
           f"{summary['recheck_seconds_mean']} s max {summary['recheck_seconds_max']} s, "
           f"{summary['cpu_seconds']} s CPU, RSS {summary['rss_mib_first']} -> "
           f"{summary['rss_mib_last']} MiB")
+
+
+@pytest.mark.live
+def test_watch_sees_hvo_without_a_uevent(guest):
+    """Shrinking the HugeTLB pool undoes HVO on boot-memory folios: their
+    vmemmap PTE pages are rewritten and no uevent is sent (the guest's own
+    ``/sys/kernel/uevent_seqnum`` says so).  The watcher sees the page-table
+    change, re-checks, and stays consistent; its model, compared with one
+    built from scratch at every re-check, never drifted."""
+    key, g, vmlinux, bs, dimms, spare = guest
+    assert int(g.sh(f"cat {HUGE}").strip()) == HUGEPAGES
+    w = Watcher(g.tool_qmp_path, vmlinux)
+    try:
+        w.wait_settled(0)
+        time.sleep(1)
+        n = len(w.changes())
+        seq0 = int(g.sh("cat /sys/kernel/uevent_seqnum"))
+        g.sh(f"echo {HUGEPAGES // 2} > {HUGE}")
+        assert int(g.sh(f"cat {HUGE}").strip()) == HUGEPAGES // 2
+        e = w.wait_settled(n)
+        seq1 = int(g.sh("cat /sys/kernel/uevent_seqnum"))
+    finally:
+        summary = w.stop()
+    assert seq0 == seq1, "the guest sent a uevent: this test would not show anything"
+    assert any("page-table" in why for why in e["why"]), e
+    assert e["seqnum"] == seq0 and e["transitions"] == [], e
+    assert e["verdict"] == "consistent", e
+    assert summary["drifts"] == [] and summary["violations"] == [], summary
+
+
+@pytest.mark.live
+def test_a_stale_model_is_caught_by_verify(guest):
+    """The safety net can fail: a model whose page-table refresh is broken
+    (it never sees a change) drifts from a fresh one after HVO remaps a
+    folio's vmemmap back, and :meth:`LiveModel.verify` says where."""
+    key, g, vmlinux, bs, dimms, spare = guest
+    from drgn_vmemmap.refresh import LiveModel
+    from drgn_vmemmap.target import open_target
+
+    prog = open_target(qemu=str(g.extra_qmp_paths[0]), symbols=[vmlinux])
+    model = LiveModel(prog)
+    assert model.verify() == []
+    before = sum(e.aliased for e in model.backing)
+    assert before > 0, "no HVO'd folio left (test_watch_sees_hvo_without_a_uevent keeps some)"
+    walker = model.walker
+    assert walker is not None
+    walker.reread = lambda: 0  # type: ignore[method-assign]
+    g.sh(f"echo 0 > {HUGE}")  # HVO undone on the rest of the pool
+    assert model.refresh().page_tables == 0
+    # (The frames whose markers the model digests follow the backing, so
+    # "markers" may differ too: HVO's restored vmemmap pages are new frames.)
+    diffs = model.verify()
+    assert diffs is not None and diffs[0] == "vmemmap backing", diffs
+    assert "memory map" not in diffs, diffs
+    # verify() took the fresh model's state: the folios are gone from it.
+    assert sum(e.aliased for e in model.backing) < before
 
 
 @pytest.mark.live
@@ -158,16 +229,16 @@ def test_watch_catches_a_broken_marker(guest):
         block = next(b for b in dimms[0] if truth.memory_blocks(g)[b]["state"] == "online")
         pfn = block * (bs // 4096) + 100
         g.sh("dmesg -c > /dev/null")
+        n = len(w.changes())
         g.sh(f"insmod /lib/faultmod.ko op=clear_flag pfn={pfn} count=3 flag=owner_priv_1 "
              f"memory_blocks_addr={symbol(key, 'memory_blocks', committed=True)}")
         g.sh("rmmod faultmod")
-        n = len(w.changes())
-        # A change, the watcher re-checks: one more DIMM hot-added (its
-        # blocks appear offline; offlining a block the selftest onlined can
-        # fail with EBUSY when it went to a kernel zone).
-        plug(g, "dimm4", 128, 0, bs)
+        # The module's load sends a uevent, and the watcher's look at the
+        # markers of the memmap frames sees three flags go: it re-checks
+        # with no block changing.
         settled = w.wait_settled(n)
         assert settled["verdict"] == "violations", settled
+        assert any("markers" in e["why"] for e in w.changes()[n:]), w.changes()[n:]
     finally:
         summary = w.stop()
     got = [(v["rule"], v["pfn_start"], v["pfn_end"]) for v in summary["violations"]]
