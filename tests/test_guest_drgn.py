@@ -343,12 +343,13 @@ def test_cli_k_table(guest):
 @pytest.mark.live
 def test_watch_k_under_the_selftest(guest):
     """``watch -k`` inside the guest, against its own /proc/kcore, while the
-    guest runs the kernel's own mem-on-off-test.sh: no violation, and the
-    block transitions the selftest made seen.  (--duration: a background
+    guest runs the kernel's own mem-on-off-test.sh: no violation, no drift
+    of the refreshed model, and the block transitions the selftest made seen.  (--duration: a background
     job of a non-interactive shell ignores SIGINT.)"""
     g, _ = guest
     g.sh(f"({ENV}exec python3 -m drgn_vmemmap.cli -k -s /vmlinux watch --format json "
-         "--interval 0.1 --duration 75 > /tmp/watch.jsonl 2> /tmp/watch.err &)")
+         "--interval 0.1 --duration 75 --verify-every 0 "
+         "> /tmp/watch.jsonl 2> /tmp/watch.err &)")
     deadline = time.monotonic() + 120
     while not g.sh("cat /tmp/watch.jsonl").strip():  # the first re-check
         assert time.monotonic() < deadline, g.sh("cat /tmp/watch.err")
@@ -367,6 +368,9 @@ def test_watch_k_under_the_selftest(guest):
     summary = events[-1]
     assert "Traceback" not in g.sh("cat /tmp/watch.err")
     assert summary["violations"] == [] and summary["standing"] == [], summary
+    # The model refreshed over /proc/kcore matched a fresh one at every
+    # re-check (--verify-every 0).
+    assert summary["drifts"] == [] and summary["verifies"] > 0, summary
     # Every block the selftest left in another state was seen arriving there
     # (a block offlined and onlined again between two looks nets out: the
     # count of transitions seen is at most the selftest's).
