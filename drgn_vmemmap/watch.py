@@ -63,6 +63,44 @@ __all__ = ("watch",)
 
 Key = Tuple[str, int, int]
 
+#: A look at the kernel takes at most 1 / (1 + LOOK_SHARE) of the time: the
+#: pause after one is at least LOOK_SHARE times as long (a machine whose
+#: hot-plugged memmap is large is looked at less often than --interval).
+LOOK_SHARE = 4
+
+
+#: Events of each kind kept for the summary (all are emitted and counted).
+KEEP = 1000
+
+
+class _Kept(list):  # type: ignore[type-arg]
+    """The first :data:`KEEP` events of a kind, and how many there were."""
+
+    total = 0
+
+    def add(self, ev: Dict[str, Any]) -> None:
+        self.total += 1
+        if len(self) < KEEP:
+            self.append(ev)
+
+
+class _Timings:
+    """Count, total and maximum of durations, in constant memory (a watch
+    runs for hours: no list of every look)."""
+
+    __slots__ = ("n", "total", "max")
+
+    def __init__(self) -> None:
+        self.n, self.total, self.max = 0, 0.0, 0.0
+
+    def add(self, seconds: float) -> None:
+        self.n += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def mean(self, digits: int = 3) -> Optional[float]:
+        return round(self.total / self.n, digits) if self.n else None
+
 
 def _rss_mib() -> float:
     try:
@@ -103,28 +141,29 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
     t_start = time.monotonic()
     cpu0 = time.process_time()
     model = LiveModel(prog)
-    probes: List[float] = []
-    drifts: List[Dict[str, Any]] = []
+    probes = _Timings()
+    drifts = _Kept()
     verified = 0
     last_verify = time.monotonic()
     last_snap: Optional[Dict[int, str]] = None
     settled_last = True
     confirmed: Dict[Key, Dict[str, Any]] = {}
     transient: Dict[Key, Tuple[float, Dict[str, Any]]] = {}
-    violations: List[Dict[str, Any]] = []
-    transients: List[Dict[str, Any]] = []
-    latencies: List[float] = []
+    violations = _Kept()
+    transients = _Kept()
+    latencies = _Timings()
     changes = transitions = 0
     rss_first: Optional[float] = None
     try:
         while duration is None or time.monotonic() - t_start < duration:
             t0 = time.monotonic()
             model.refresh()
-            probes.append(time.monotonic() - t0)
+            look = time.monotonic() - t0
+            probes.add(look)
             timed = bool(verify_every) and last_snap is not None and \
                 t0 - last_verify >= (verify_every or 0)
             if last_snap is not None and not model.pending and settled_last and not timed:
-                time.sleep(interval)
+                time.sleep(max(interval, LOOK_SHARE * look))
                 continue
             why = model.pending.reasons() or (["start"] if last_snap is None else
                                               ["verify"] if timed else ["unsettled"])
@@ -136,7 +175,7 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
                 if diffs:
                     ev = {"event": "drift", "time": round(last_verify - t_start, 3),
                           "parts": diffs}
-                    drifts.append(ev)
+                    drifts.add(ev)
                     emit(ev)
             # The blocks as the check read them (it reads the map again after
             # the rules and retries while it moves): no read of our own.
@@ -144,7 +183,7 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
             snap = {b["block"]: str(b["state"]) for b in report.blocks}
             moved = _transitions(last_snap, snap)
             now = time.monotonic()
-            latencies.append(now - t0)
+            latencies.add(now - t0)
             if rss_first is None:
                 rss_first = _rss_mib()
             # Settled: the check stood (no live race: map, uevent_seqnum and
@@ -160,7 +199,7 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
                         seen = transient.get(k, (now, v))[0]
                         ev = dict(v, event="violation", time=when,
                                   first_seen=round(seen - t_start, 3))
-                        violations.append(ev)
+                        violations.add(ev)
                         emit(ev)
                 for k, v in confirmed.items():
                     if k not in found:
@@ -169,7 +208,7 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
                     if k not in found:
                         ev = dict(v, event="transient", time=when,
                                   lasted=round(now - seen, 3))
-                        transients.append(ev)
+                        transients.add(ev)
                         emit(ev)
                 confirmed = found
                 transient = {}
@@ -197,19 +236,23 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
         "event": "summary", "seconds": round(elapsed, 3), "changes": changes,
         "transitions": transitions,
         "transitions_per_minute": round(transitions / elapsed * 60, 1) if elapsed else 0.0,
-        "rechecks": len(latencies),
-        "recheck_seconds_mean": round(sum(latencies) / len(latencies), 3) if latencies else None,
-        "recheck_seconds_max": round(max(latencies), 3) if latencies else None,
+        "rechecks": latencies.n,
+        "recheck_seconds_mean": latencies.mean(),
+        "recheck_seconds_max": round(latencies.max, 3) if latencies.n else None,
         "violations": violations, "standing": list(confirmed.values()),
         "transients": transients,
         "cpu_seconds": round(self_cpu + children.ru_utime + children.ru_stime, 2),
         "rss_mib_first": rss_first, "rss_mib_last": _rss_mib(),
         # The model: how often it was refreshed (one look per tick), and how
         # often each part had to be derived again.
-        "probes": len(probes),
-        "probe_seconds_mean": round(sum(probes) / len(probes), 4) if probes else None,
+        "probes": probes.n,
+        "probe_seconds_mean": probes.mean(4),
+        "probe_seconds_max": round(probes.max, 4) if probes.n else None,
         "memory_map_reads": model.memory_map_reads, "backing_walks": model.backing_walks,
         "verifies": verified, "drifts": drifts,
+        # More than KEEP of a kind: the lists hold the first KEEP.
+        "events_total": {"violations": violations.total, "transients": transients.total,
+                         "drifts": drifts.total},
     }
     emit(summary)
     return summary
@@ -233,12 +276,12 @@ def _line(e: Dict[str, Any]) -> str:
     return (f"summary: {e['seconds']:.0f} s, {e['changes']} changes, {e['transitions']} block "
             f"transitions ({e['transitions_per_minute']}/min), {e['rechecks']} re-checks "
             f"(mean {e['recheck_seconds_mean']} s, max {e['recheck_seconds_max']} s), "
-            f"{len(e['violations'])} violation(s), {len(e['standing'])} standing, "
-            f"{len(e['transients'])} transient(s); {e['cpu_seconds']} s CPU; RSS "
+            f"{e['events_total']['violations']} violation(s), {len(e['standing'])} standing, "
+            f"{e['events_total']['transients']} transient(s); {e['cpu_seconds']} s CPU; RSS "
             f"{e['rss_mib_first']} -> {e['rss_mib_last']} MiB; {e['probes']} looks "
             f"(mean {e['probe_seconds_mean']} s), memory map read {e['memory_map_reads']}x, "
             f"vmemmap walked {e['backing_walks']}x, {e['verifies']} verif"
-            f"{'y' if e['verifies'] == 1 else 'ies'}, {len(e['drifts'])} drift(s)")
+            f"{'y' if e['verifies'] == 1 else 'ies'}, {e['events_total']['drifts']} drift(s)")
 
 
 def watch_main(prog: Program, fmt: str, interval: float, duration: Optional[float],
