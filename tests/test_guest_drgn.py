@@ -344,8 +344,9 @@ def test_cli_k_table(guest):
 def test_watch_k_under_the_selftest(guest):
     """``watch -k`` inside the guest, against its own /proc/kcore, while the
     guest runs the kernel's own mem-on-off-test.sh: no violation, no drift
-    of the refreshed model, and the block transitions the selftest made seen.  (--duration: a background
-    job of a non-interactive shell ignores SIGINT.)"""
+    of the refreshed model, and the block transitions the selftest made
+    seen.  (--duration: a background job of a non-interactive shell ignores
+    SIGINT.)"""
     g, _ = guest
     g.sh(f"({ENV}exec python3 -m drgn_vmemmap.cli -k -s /vmlinux watch --format json "
          "--interval 0.1 --duration 75 --verify-every 0 "
