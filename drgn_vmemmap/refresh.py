@@ -41,7 +41,7 @@ import hashlib
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from drgn import FaultError, Program, TypeKind
+from drgn import FaultError, PlatformFlags, Program, TypeKind
 
 from . import backing as _backing
 from .live import Epoch, hotplug_epoch, snapshot
@@ -104,7 +104,10 @@ def _roots(prog: Program) -> Optional[List[Tuple[int, int]]]:
         n = prog["NR_SECTION_ROOTS"].value_()
         if not roots:
             return []
-        ptrs = np.frombuffer(prog.read(roots.value_(), n * 8), dtype=np.uint64)
+        little = prog.platform is None or bool(prog.platform.flags
+                                                & PlatformFlags.IS_LITTLE_ENDIAN)
+        ptrs = np.frombuffer(prog.read(roots.value_(), n * 8),
+                             dtype=("<" if little else ">") + "u8")
         return ([(roots.value_(), n * 8)]
                 + [(int(p), per_root * size) for p in ptrs if p])
     except (KeyError, LookupError, FaultError, AttributeError, ValueError):

@@ -207,7 +207,7 @@ def live(request, tmp_path_factory):
     key, cpu = request.param
     _, vmlinux = kernel_or_skip(key)
     t0 = time.monotonic()
-    with boot(key, tmp_path_factory.mktemp(f"live-{key}"), extra_qmp=1, cpu=cpu) as g:
+    with boot(key, tmp_path_factory.mktemp(f"live-{key}"), extra_qmp=2, cpu=cpu) as g:
         if cpu:
             assert " la57" in g.sh("grep -m1 ^flags /proc/cpuinfo")
         bs = truth.block_size(g)
@@ -235,3 +235,36 @@ def test_cli_check_over_qmp(live):
 @pytest.mark.live
 def test_drgn_vmemmap_command_over_qmp(live):
     live.check_against_guest(drgn_argv(live.g.extra_qmp_paths[0], live.vmlinux))
+
+
+@pytest.mark.live
+def test_live_model_over_qmp(live):
+    """``watch``'s model (drgn_vmemmap/refresh.py) on every live kernel and
+    page-table format here (6.1's nr_vmemmap_pages, 5-level paging, arm64):
+    a look at an idle guest finds nothing; onlining a block (the guest's
+    sysfs says it did) is seen as a uevent and a memory-map change, with the
+    block's new state in the model; and the refreshed model equals one built
+    from scratch after each."""
+    from drgn_vmemmap.refresh import LiveModel
+    from drgn_vmemmap.target import open_target
+
+    prog = open_target(qemu=str(live.g.extra_qmp_paths[1]), symbols=[live.vmlinux])
+    model = LiveModel(prog)
+    assert not model.refresh() and model.verify() == []
+    walks = model.backing_walks
+    offline = next(b for b, (st, _) in sysfs_blocks(live.g).items() if st == "offline"
+                   and model.mm.blocks[b].vmemmap_pages)
+    set_state(live.g, offline, "online_movable")
+    try:
+        assert sysfs_blocks(live.g)[offline][0] == "online"
+        changes = model.refresh()
+        assert changes.epoch and changes.memory_map, changes
+        assert model.mm.blocks[offline].state == "MEM_ONLINE"
+        assert model.verify() == []
+    finally:
+        set_state(live.g, offline, "offline")
+    changes = model.refresh()
+    assert changes.epoch and model.mm.blocks[offline].state == "MEM_OFFLINE"
+    assert model.verify() == [] and not model.refresh()
+    # The walk was redone only for the memory-map changes (two at most).
+    assert model.backing_walks - walks <= 2
