@@ -97,7 +97,11 @@ def main() -> None:
                 tool("drgn-vmemmap", "drgn_vmemmap.cli") + [
                     "--qemu", str(g.tool_qmp_path), "-s", vmlinux, "watch", "--format",
                     "json", "--interval", "0.1", "--verify-every", "60"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                # A background job of a non-interactive shell (nohup ... &)
+                # starts with SIGINT ignored: stop with SIGTERM, which
+                # watch handles as Ctrl-C (summary included).
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             events: List[Dict[str, Any]] = []
 
             def read() -> None:
@@ -120,7 +124,7 @@ def main() -> None:
                     samples.append((round(time.monotonic() - t0, 1), round(rss_mib(proc.pid), 1)))
                     next_sample += args.sample
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=300)
             reader.join(timeout=60)
     summary = events[-1]

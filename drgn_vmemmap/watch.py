@@ -49,9 +49,12 @@ next ``--verify-every``, which re-checks too.
 
 import json
 import resource
+import signal
 import sys
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 
 from drgn import Program
 
@@ -121,13 +124,32 @@ def _transitions(old: Optional[Dict[int, str]], new: Dict[int, str]) -> List[Dic
             for bid in sorted(set(old) | set(new)) if old.get(bid) != new.get(bid)]
 
 
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a service manager) ends a watch as
+    Ctrl-C does, with its summary; only in the main thread, where Python
+    runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None,
           emit: Optional[Callable[[Dict[str, Any]], None]] = None,
           rules: Optional[List[str]] = None,
           verify_every: Optional[float] = 600.0) -> Dict[str, Any]:
     """
     Watch a live kernel until ``duration`` seconds passed (None: until
-    KeyboardInterrupt); ``emit(event)`` gets each ``{"event": "change" |
+    KeyboardInterrupt or SIGTERM); ``emit(event)`` gets each ``{"event": "change" |
     "violation" | "resolved" | "transient" | "drift", ...}``.  Returns the
     summary.
 
@@ -154,81 +176,82 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
     latencies = _Timings()
     changes = transitions = 0
     rss_first: Optional[float] = None
-    try:
-        while duration is None or time.monotonic() - t_start < duration:
-            t0 = time.monotonic()
-            model.refresh()
-            look = time.monotonic() - t0
-            probes.add(look)
-            timed = bool(verify_every) and last_snap is not None and \
-                t0 - last_verify >= (verify_every or 0)
-            if last_snap is not None and not model.pending and settled_last and not timed:
-                time.sleep(max(interval, LOOK_SHARE * look))
-                continue
-            why = model.pending.reasons() or (["start"] if last_snap is None else
-                                              ["verify"] if timed else ["unsettled"])
-            if verify_every is not None and last_snap is not None and (timed or
-                                                                       not verify_every):
-                diffs = model.verify()
-                verified += 1
-                last_verify = time.monotonic()
-                if diffs:
-                    ev = {"event": "drift", "time": round(last_verify - t_start, 3),
-                          "parts": diffs}
-                    drifts.add(ev)
-                    emit(ev)
-            # The blocks as the check read them (it reads the map again after
-            # the rules and retries while it moves): no read of our own.
-            report = check(prog, rules=rules, model=model)
-            snap = {b["block"]: str(b["state"]) for b in report.blocks}
-            moved = _transitions(last_snap, snap)
-            now = time.monotonic()
-            latencies.add(now - t0)
-            if rss_first is None:
-                rss_first = _rss_mib()
-            # Settled: the check stood (no live race: map, uevent_seqnum and
-            # locks unchanged across it) and no block is in transition
-            # (going-offline, going-online, ...), whatever the locks said.
-            settled = (not any(n.reason.startswith("live race") for n in report.not_checked)
-                       and all(b["state"] in ("online", "offline") for b in report.blocks))
-            found = {(v.rule, v.pfn_start, v.pfn_end): v._asdict() for v in report.violations}
-            when = round(now - t_start, 3)
-            if settled:
-                for k, v in found.items():
-                    if k not in confirmed:
-                        seen = transient.get(k, (now, v))[0]
-                        ev = dict(v, event="violation", time=when,
-                                  first_seen=round(seen - t_start, 3))
-                        violations.add(ev)
+    with _stop_on_sigterm():
+        try:
+            while duration is None or time.monotonic() - t_start < duration:
+                t0 = time.monotonic()
+                model.refresh()
+                look = time.monotonic() - t0
+                probes.add(look)
+                timed = bool(verify_every) and last_snap is not None and \
+                    t0 - last_verify >= (verify_every or 0)
+                if last_snap is not None and not model.pending and settled_last and not timed:
+                    time.sleep(max(interval, LOOK_SHARE * look))
+                    continue
+                why = model.pending.reasons() or (["start"] if last_snap is None else
+                                                  ["verify"] if timed else ["unsettled"])
+                if verify_every is not None and last_snap is not None and (timed or
+                                                                           not verify_every):
+                    diffs = model.verify()
+                    verified += 1
+                    last_verify = time.monotonic()
+                    if diffs:
+                        ev = {"event": "drift", "time": round(last_verify - t_start, 3),
+                              "parts": diffs}
+                        drifts.add(ev)
                         emit(ev)
-                for k, v in confirmed.items():
-                    if k not in found:
-                        emit(dict(v, event="resolved", time=when))
-                for k, (seen, v) in transient.items():
-                    if k not in found:
-                        ev = dict(v, event="transient", time=when,
-                                  lasted=round(now - seen, 3))
-                        transients.add(ev)
-                        emit(ev)
-                confirmed = found
-                transient = {}
-            else:
-                for k, v in found.items():
-                    transient.setdefault(k, (now, v))
-            if last_snap is not None:
-                changes += 1
-                transitions += len(moved)
-            verdict = ("violations" if settled and found else "consistent" if settled
-                       else "unsettled")
-            emit({"event": "change", "time": when, "seqnum": model.epoch.seqnum,
-                  "why": why,
-                  "transitions": moved, "verdict": verdict,
-                  "errors": sum(1 for v in report.violations if v.severity == "error"),
-                  "recheck_seconds": round(now - t0, 3)})
-            last_snap = snap
-            settled_last = settled
-    except KeyboardInterrupt:
-        pass
+                # The blocks as the check read them (it reads the map again after
+                # the rules and retries while it moves): no read of our own.
+                report = check(prog, rules=rules, model=model)
+                snap = {b["block"]: str(b["state"]) for b in report.blocks}
+                moved = _transitions(last_snap, snap)
+                now = time.monotonic()
+                latencies.add(now - t0)
+                if rss_first is None:
+                    rss_first = _rss_mib()
+                # Settled: the check stood (no live race: map, uevent_seqnum and
+                # locks unchanged across it) and no block is in transition
+                # (going-offline, going-online, ...), whatever the locks said.
+                settled = (not any(n.reason.startswith("live race") for n in report.not_checked)
+                           and all(b["state"] in ("online", "offline") for b in report.blocks))
+                found = {(v.rule, v.pfn_start, v.pfn_end): v._asdict() for v in report.violations}
+                when = round(now - t_start, 3)
+                if settled:
+                    for k, v in found.items():
+                        if k not in confirmed:
+                            seen = transient.get(k, (now, v))[0]
+                            ev = dict(v, event="violation", time=when,
+                                      first_seen=round(seen - t_start, 3))
+                            violations.add(ev)
+                            emit(ev)
+                    for k, v in confirmed.items():
+                        if k not in found:
+                            emit(dict(v, event="resolved", time=when))
+                    for k, (seen, v) in transient.items():
+                        if k not in found:
+                            ev = dict(v, event="transient", time=when,
+                                      lasted=round(now - seen, 3))
+                            transients.add(ev)
+                            emit(ev)
+                    confirmed = found
+                    transient = {}
+                else:
+                    for k, v in found.items():
+                        transient.setdefault(k, (now, v))
+                if last_snap is not None:
+                    changes += 1
+                    transitions += len(moved)
+                verdict = ("violations" if settled and found else "consistent" if settled
+                           else "unsettled")
+                emit({"event": "change", "time": when, "seqnum": model.epoch.seqnum,
+                      "why": why,
+                      "transitions": moved, "verdict": verdict,
+                      "errors": sum(1 for v in report.violations if v.severity == "error"),
+                      "recheck_seconds": round(now - t0, 3)})
+                last_snap = snap
+                settled_last = settled
+        except KeyboardInterrupt:
+            pass
     elapsed = time.monotonic() - t_start
     self_cpu = time.process_time() - cpu0
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

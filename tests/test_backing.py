@@ -377,6 +377,8 @@ def _synthetic_walker(l5, entries):
     walker.fmt = x86_64(l5, (1 << 52) - 1)
     walker.pgd = 0x1000
     walker.tables_read = 0
+    walker._levels = {}
+    walker._used = None
     tables = {-walker.pgd: np.zeros(512, dtype="<u8")}
     next_pa = [0x7000000]
 

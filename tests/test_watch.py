@@ -50,7 +50,11 @@ class Watcher:
             tool("drgn-vmemmap", "drgn_vmemmap.cli") + [
                 "--qemu", str(socket), "-s", vmlinux, "watch", "--format", "json",
                 "--interval", "0.05", "--verify-every", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # Ctrl-C as in a foreground terminal: a background job of a
+            # non-interactive shell (a CI runner's) starts with SIGINT
+            # ignored, and Python then installs no KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.events: List[Dict[str, Any]] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -75,8 +79,9 @@ class Watcher:
             time.sleep(0.1)
         raise AssertionError(f"no settled re-check: {self.changes()[after:]}")
 
-    def stop(self) -> Dict[str, Any]:
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT) -> Dict[str, Any]:
+        """Ctrl-C (or ``kill``'s SIGTERM); the summary."""
+        self.proc.send_signal(sig)
         self.proc.wait(timeout=120)
         self.thread.join(timeout=30)
         assert self.proc.returncode in (0, 1), self.proc.stderr.read()
@@ -182,7 +187,7 @@ def test_watch_sees_hvo_without_a_uevent(guest):
         e = w.wait_settled(n)
         seq1 = int(g.sh("cat /sys/kernel/uevent_seqnum"))
     finally:
-        summary = w.stop()
+        summary = w.stop(signal.SIGTERM)  # as kill, timeout or systemd stop it
     assert seq0 == seq1, "the guest sent a uevent: this test would not show anything"
     assert any("page-table" in why for why in e["why"]), e
     assert e["seqnum"] == seq0 and e["transitions"] == [], e
