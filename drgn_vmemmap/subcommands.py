@@ -140,7 +140,8 @@ def _watch(prog: "Program", args: argparse.Namespace) -> Output:
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
     verify = None if args.verify_every < 0 else args.verify_every
     return Output(None, "", watch_main(prog, fmt, args.interval, args.duration,
-                                       verify_every=verify))
+                                       verify_every=verify,
+                                       vmemmap_page_type=args.vmemmap_page_type))
 
 
 def _triage(args: argparse.Namespace) -> int:
@@ -240,7 +241,8 @@ open("map.svg", "w").write(render_svg(view))
     Subcommand(
         "watch", "re-check a live kernel whenever its memory map changes", _watch,
         (arg("--interval", type=float, default=0.1, metavar="SECONDS",
-             help="how often to look for a change (default 0.1)"),
+             help="how often to look for a change (default 0.1; never more often than "
+                  "leaves 4 times a look's duration between looks)"),
          arg("--duration", type=float, default=None, metavar="SECONDS",
              help="stop after this long (default: until Ctrl-C)"),
          arg("--verify-every", type=float, default=600.0, metavar="SECONDS",
@@ -258,8 +260,8 @@ open("map.svg", "w").write(render_svg(view))
                     "block in transition, hotplug locks free, uevent_seqnum unchanged across "
                     "it) is a violation; one seen only mid-transition is reported as "
                     "transient, with how long it lasted.  One line per change (JSON lines "
-                    "with --format json), a summary on Ctrl-C.  Exit status 1 if a violation "
-                    "of error severity was seen.",
+                    "with --format json), a summary on Ctrl-C or SIGTERM.  Exit status 1 if "
+                    "a violation of error severity was seen.",
         drgn_code="""\
 from drgn_vmemmap.watch import watch
 

@@ -146,7 +146,8 @@ def _stop_on_sigterm() -> Iterator[None]:
 def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None,
           emit: Optional[Callable[[Dict[str, Any]], None]] = None,
           rules: Optional[List[str]] = None,
-          verify_every: Optional[float] = 600.0) -> Dict[str, Any]:
+          verify_every: Optional[float] = 600.0,
+          vmemmap_page_type: Optional[int] = None) -> Dict[str, Any]:
     """
     Watch a live kernel until ``duration`` seconds passed (None: until
     KeyboardInterrupt or SIGTERM); ``emit(event)`` gets each ``{"event": "change" |
@@ -156,13 +157,14 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
     :param verify_every: seconds between rebuilds of the model from scratch,
         compared with the refreshed one (0: before every re-check; None:
         never).
+    :param vmemmap_page_type: see :func:`~drgn_vmemmap.features.features`.
     """
     if target_kind(prog) == "vmcore":
         raise TargetError("watch needs a live kernel (-k or --qemu), not a core dump")
     emit = emit or (lambda e: None)
     t_start = time.monotonic()
     cpu0 = time.process_time()
-    model = LiveModel(prog)
+    model = LiveModel(prog, vmemmap_page_type)
     probes = _Timings()
     drifts = _Kept()
     verified = 0
@@ -202,7 +204,8 @@ def watch(prog: Program, interval: float = 0.1, duration: Optional[float] = None
                         emit(ev)
                 # The blocks as the check read them (it reads the map again after
                 # the rules and retries while it moves): no read of our own.
-                report = check(prog, rules=rules, model=model)
+                report = check(prog, rules=rules, model=model,
+                               vmemmap_page_type=vmemmap_page_type)
                 snap = {b["block"]: str(b["state"]) for b in report.blocks}
                 moved = _transitions(last_snap, snap)
                 now = time.monotonic()
@@ -308,7 +311,8 @@ def _line(e: Dict[str, Any]) -> str:
 
 
 def watch_main(prog: Program, fmt: str, interval: float, duration: Optional[float],
-               out: Optional[TextIO] = None, verify_every: Optional[float] = 600.0) -> int:
+               out: Optional[TextIO] = None, verify_every: Optional[float] = 600.0,
+               vmemmap_page_type: Optional[int] = None) -> int:
     """The CLI: lines or JSON lines on ``out``; exit 1 if a violation stood."""
     stream = out or sys.stdout
 
@@ -316,5 +320,6 @@ def watch_main(prog: Program, fmt: str, interval: float, duration: Optional[floa
         stream.write((json.dumps(e) if fmt == "json" else _line(e)) + "\n")
         stream.flush()
 
-    summary = watch(prog, interval, duration, emit, verify_every=verify_every)
+    summary = watch(prog, interval, duration, emit, verify_every=verify_every,
+                    vmemmap_page_type=vmemmap_page_type)
     return 1 if any(v["severity"] == "error" for v in summary["violations"]) else 0
