@@ -89,9 +89,10 @@ def check(prog: Program, rules: Optional[Iterable[str]] = None,
     for attempt in range(1 + (LIVE_RETRIES if live else 0)):  # noqa: B007 (read after)
         e0 = hotplug_epoch(prog) if live else Epoch(None, False)
         if model is not None:
-            if attempt:
-                model.refresh()
-            model.take()  # what a refresh finds from now on is for the next check
+            # A retry uses the model as the previous attempt's re-read after
+            # its rules left it (refreshed just now); what a refresh finds
+            # from here on is for the next check.
+            model.take()
         ctx = Context(prog, vmemmap_page_type, progress, jobs,
                       model=model if live else None)
         if not ctx.mm.sections:
