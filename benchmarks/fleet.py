@@ -2,7 +2,7 @@
 """
 Benchmark: ``triage -j N`` (one local process pool) against ``triage
 --scheduler local:N`` (a Dask LocalCluster of N one-thread workers, each
-dump a task run in the worker's analysis process: drgn_vmemmap/fleet.py).
+dump a task run in the worker's analysis process: drgn_vmemmap/fleet.py, fleetworker.py).
 
 ``--count`` (200) hard links of one small committed fixture (default
 ``vmcores/fixtures/6.12-kdump.vmcore``, a real makedumpfile dump that checks

@@ -80,7 +80,7 @@ def lines_of(path):
 
 
 def analysers(pid):
-    """The analysis processes (fleet.serve) below process ``pid``."""
+    """The analysis processes (fleetworker.serve) below process ``pid``."""
     try:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -88,7 +88,7 @@ def analysers(pid):
     out = []
     for p in children:
         try:
-            if "fleet import serve" in " ".join(p.cmdline()):
+            if "fleetworker import serve" in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:
             pass
@@ -331,12 +331,12 @@ def test_bad_options_one_line(monkeypatch, capsys):
 
 
 def test_index_built_once_per_run():
-    from drgn_vmemmap import fleet
+    from drgn_vmemmap import fleetworker
 
-    index = fleet._index(str(REPO), [str(KERNELS)], "run-1")
-    assert fleet._index(str(REPO), [str(KERNELS)], "run-1") is index
+    index = fleetworker._index(str(REPO), [str(KERNELS)], "run-1")
+    assert fleetworker._index(str(REPO), [str(KERNELS)], "run-1") is index
     # A new run sees vmlinux files added since.
-    assert fleet._index(str(REPO), [str(KERNELS)], "run-2") is not index
+    assert fleetworker._index(str(REPO), [str(KERNELS)], "run-2") is not index
 
 
 def test_build_ids_kept_on_disk(tmp_path, monkeypatch):
